@@ -1,0 +1,1 @@
+"""Atelier: one Gradio app, one tab per modality, one memory manager."""

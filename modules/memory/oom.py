@@ -1,0 +1,26 @@
+"""Recognising out-of-memory errors and giving memory back to the system."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # MPS and some native backends report OOM as a plain RuntimeError or MemoryError.
+    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+
+
+def release_memory(device: str) -> None:
+    """Collect garbage and hand cached allocator blocks back, so freed models really leave the device."""
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    if device.startswith("cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.startswith("mps") and torch.backends.mps.is_available():
+        torch.mps.empty_cache()
