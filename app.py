@@ -1,0 +1,154 @@
+"""Atelier: every generative modality in one Gradio app, sharing one memory manager.
+
+`python app.py` serves the catalogue in models.yaml; `python app.py --tiny` serves tiny random-weight
+models built offline. This file parses flags, builds the manager and the wrappers, renders one tab per
+task and launches. torch and the model libraries are imported only when a model is first used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from importlib import import_module
+from pathlib import Path
+from typing import Any
+
+from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
+from modules.memory import Budget, MemoryManager, parse_bytes
+from modules.wrappers import build_wrapper, wrapper_tasks
+from modules.wrappers.base import HostSettings, Wrapper
+
+log = logging.getLogger("atelier")
+HERE = Path(__file__).resolve().parent
+
+#: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
+TABS: dict[str, tuple[str, str]] = {
+    "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a LAN)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
+    parser.add_argument(
+        "--auth",
+        default=os.environ.get("ATELIER_AUTH"),
+        help="user:password (comma-separate several); also read from $ATELIER_AUTH",
+    )
+    parser.add_argument("--models", type=Path, default=HERE / "models.yaml", help="the model catalogue to serve")
+    parser.add_argument("--tiny", action="store_true", help="serve tiny random-weight models built offline")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--memory-budget", type=parse_bytes, help="device budget, e.g. 12GB (default: from the device)")
+    parser.add_argument("--idle-unload", type=float, metavar="MINUTES", help="unload models idle this long (off by default)")
+    parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
+    parser.add_argument("--max-prompt-chars", type=int, default=10_000)
+    parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
+    return parser.parse_args(argv)
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' picks CUDA or MPS when present; torch is imported only where a GPU may exist."""
+    if requested != "auto":
+        return requested
+    if Path("/dev/nvidia0").exists() or Path("/proc/driver/nvidia").exists():
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+    if sys.platform == "darwin":
+        import torch
+
+        if torch.backends.mps.is_available():
+            return "mps"
+    return "cpu"
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]] | None:
+    if not text:
+        return None
+    pairs = []
+    for item in text.split(","):
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit("--auth wants user:password (comma-separate several)")
+        pairs.append((user, password))
+    return pairs
+
+
+def load_models(args: argparse.Namespace) -> Catalog:
+    if args.tiny:
+        from modules.tiny import build_tiny_catalog
+
+        log.info("building tiny random-weight models (cached after the first run)")
+        return build_tiny_catalog()
+    return load_catalog(args.models, wrapper_tasks())
+
+
+def build_wrappers(catalog: Catalog, manager: MemoryManager, host: HostSettings) -> dict[str, dict[str, Wrapper]]:
+    return {
+        task: {entry.id: build_wrapper(entry, manager, host=host) for entry in group.models}
+        for task, group in catalog.tasks.items()
+    }
+
+
+def build_app(catalog: Catalog, manager: MemoryManager, host: HostSettings) -> Any:
+    import gradio as gr
+
+    from modules.tabs.system import build_system_tab
+
+    wrappers = build_wrappers(catalog, manager, host)
+    with gr.Blocks(title="Atelier") as demo:
+        gr.Markdown("# 🎨 Atelier\nEvery generative modality in one place, sharing one memory manager.")
+        for task in TASKS:
+            title, builder_path = TABS.get(task, (task.capitalize(), ""))
+            with gr.Tab(title):
+                group = catalog.tasks.get(task)
+                if group is None or not builder_path:
+                    gr.Markdown(f"No **{task}** models are configured. Add some under `tasks.{task}` in models.yaml.")
+                    continue
+                module_name, function = builder_path.split(":")
+                options = {"fallback": group.fallback} if group.fallback else {}
+                getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
+        with gr.Tab("🖥️ System"):
+            labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
+            build_system_tab(manager, labels)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.outputs.mkdir(parents=True, exist_ok=True)
+    # Gradio serves files from its temp dir: keep that inside the app's own output folder.
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(args.outputs / "gradio"))
+    try:
+        catalog = load_models(args)
+    except CatalogError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    device = resolve_device(args.device)
+    manager = MemoryManager(
+        device,
+        Budget(device, override=args.memory_budget),
+        idle_unload_seconds=args.idle_unload * 60 if args.idle_unload else None,
+    )
+    host = HostSettings(output_dir=args.outputs, max_prompt_chars=args.max_prompt_chars)
+    demo = build_app(catalog, manager, host)
+    auth = parse_auth(args.auth)
+    if args.share and not auth:
+        log.warning("--share without --auth: anyone with the link can use this machine")
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1).launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        max_file_size="20mb",
+        allowed_paths=[],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Chat tab: a streaming `gr.ChatInterface` over the chat wrappers, with an offline fallback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import gradio as gr
+
+from modules.tabs.common import model_dropdown, model_notes, pick, setting_slider, user_errors
+from modules.wrappers.base import ModelUnavailable
+from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
+
+STATS_TITLE = "⏱"
+
+
+def _text_of(content: Any) -> str:
+    """Gradio 6 history content is a string or a list of blocks; keep the text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return ""
+
+
+def plain_history(history: list[dict[str, Any]]) -> list[Message]:
+    """The conversation as the model should see it: our speed notes are left out."""
+    return [
+        {"role": turn["role"], "content": _text_of(turn.get("content"))}
+        for turn in history
+        if turn.get("role") in ("user", "assistant") and not (turn.get("metadata") or {}).get("title")
+    ]
+
+
+def stats_line(progress: ChatProgress, model_name: str) -> str:
+    first = f"{progress.first_token_seconds:.2f} s" if progress.first_token_seconds is not None else "–"
+    return (
+        f"{STATS_TITLE} {progress.tokens} tokens · {progress.tokens_per_second:.1f} tokens/s · "
+        f"first token {first} · {model_name} ({progress.backend})"
+    )
+
+
+def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: str | None = None) -> None:
+    first = wrappers[default]
+    with gr.Row():
+        model = model_dropdown(wrappers, default)
+    notes = gr.Markdown(model_notes(first))
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
+
+    def stream(wrapper: ChatWrapper, message: str, history: list[Message], settings: dict[str, Any]) -> Iterator[ChatProgress]:
+        return wrapper.generate(message, history, **settings)
+
+    @user_errors
+    def respond(
+        message: str,
+        history: list[dict[str, Any]],
+        model_id: str,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: float,
+    ) -> Iterator[Any]:
+        wrapper = pick(wrappers, model_id)
+        settings = {
+            "system_prompt": system_prompt,
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_new_tokens": max_new_tokens,
+        }
+        turns = plain_history(history)
+        notice = ""
+        if fallback and model_id != fallback and wrapper.availability():
+            notice = f"⚠️ {wrapper.entry.name} is not available here; answering with {wrappers[fallback].entry.name}. "
+            wrapper = wrappers[fallback]
+        progress = None
+        try:
+            for progress in stream(wrapper, message, turns, settings):
+                yield progress.text
+        except ModelUnavailable:
+            if not fallback or wrapper is wrappers[fallback]:
+                raise
+            notice = f"⚠️ {wrapper.entry.name} could not be loaded; answering with {wrappers[fallback].entry.name}. "
+            wrapper = wrappers[fallback]
+            for progress in stream(wrapper, message, turns, settings):
+                yield progress.text
+        assert progress is not None  # generate always yields a final, done progress
+        stats = stats_line(progress, wrapper.entry.name)
+        # The speed travels as a titled note under the reply; plain_history keeps it from the model.
+        yield [
+            gr.ChatMessage(role="assistant", content=progress.text),
+            gr.ChatMessage(role="assistant", content=notice or stats, metadata={"title": notice + stats}),
+        ]
+
+    with gr.Accordion("Settings", open=False):
+        system_prompt = gr.Textbox(first.defaults.system_prompt, label="System prompt", lines=2)
+        temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
+        top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
+        max_new_tokens = setting_slider(first, "max_new_tokens", "Max new tokens", step=1)
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        defaults = pick(wrappers, model_id).defaults
+        return defaults.system_prompt, defaults.temperature, defaults.top_p, defaults.max_new_tokens
+
+    model.change(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
+
+    gr.ChatInterface(
+        respond,
+        additional_inputs=[model, system_prompt, temperature, top_p, max_new_tokens],
+        examples=[["Write a haiku about the ocean."], ["Explain what a GPU does, in two sentences."]],
+        cache_examples=False,
+        api_name="chat",
+        fill_height=False,
+        stop_btn=True,
+        # One reply at a time: ChatInterface takes no concurrency_id, so chat has its own queue of one.
+        concurrency_limit=1,
+    )

@@ -1,0 +1,112 @@
+"""What every tab shares: turning errors into clear messages, progress, model pickers and sliders."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import gradio as gr
+from annotated_types import Ge, Gt, Le, Lt
+
+from modules.memory import MemoryManagerError
+from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Wrapper
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Every generation event joins this one queue, so a single device serves one request at a time.
+DEVICE_QUEUE = "device"
+USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
+
+
+def as_user_error(exc: BaseException) -> gr.Error:
+    if isinstance(exc, USER_ERRORS):
+        return gr.Error(str(exc), print_exception=False)
+    log.exception("request failed", exc_info=exc)
+    return gr.Error(f"Something went wrong ({type(exc).__name__}: {exc}). The server is still running.")
+
+
+def user_errors(fn: F) -> F:
+    """Turn any failure of a tab handler (plain or generator) into one clear `gr.Error`."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def generator(*args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as exc:
+                raise as_user_error(exc) from None
+
+        return generator  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            raise as_user_error(exc) from None
+
+    return plain  # type: ignore[return-value]
+
+
+def step_progress(progress: gr.Progress, description: str) -> OnStep:
+    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar."""
+
+    def on_step(step: int, total: int) -> None:
+        progress((step, total), desc=description, unit="steps")
+
+    return on_step
+
+
+def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:
+    """The wrapper for a model id sent by the browser; only catalogue ids are accepted."""
+    if model_id not in wrappers:
+        raise InvalidInput(f"model={model_id!r} is not in this server's catalogue; choose one of {sorted(wrappers)}")
+    return wrappers[model_id]  # type: ignore[index]
+
+
+def model_dropdown(wrappers: Mapping[str, Wrapper], default: str, label: str = "Model") -> gr.Dropdown:
+    choices = [(wrapper.entry.label, model_id) for model_id, wrapper in wrappers.items()]
+    return gr.Dropdown(choices=choices, value=default, label=label, interactive=len(choices) > 1)
+
+
+def model_notes(wrapper: Wrapper) -> str:
+    """Licence, random-weights label and what is missing, as Markdown for the line under the picker."""
+    entry = wrapper.entry
+    lines = [f"**Licence:** {entry.license}" + (f" — ⚠️ {entry.license_note}" if entry.license_note else "")]
+    if entry.random_weights:
+        lines.append("🧪 **Random weights, for testing:** outputs are noise by design.")
+    missing = wrapper.availability()
+    if missing:
+        lines.append(f"⚠️ **Not available on this machine yet:** {missing}")
+    return "\n\n".join(lines)
+
+
+def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | None]:
+    low = high = None
+    for rule in schema.model_fields[name].metadata:
+        if isinstance(rule, (Ge, Gt)):
+            low = rule.ge if isinstance(rule, Ge) else rule.gt
+        if isinstance(rule, (Le, Lt)):
+            high = rule.le if isinstance(rule, Le) else rule.lt
+    return low, high
+
+
+def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum: float | None = None) -> gr.Slider:
+    """A slider whose range comes from the wrapper's settings schema and whose value is the entry's default."""
+    low, high = _bounds(type(wrapper.defaults), name)
+    return gr.Slider(
+        minimum=low if low is not None else 0,
+        maximum=maximum if maximum is not None else high,
+        value=getattr(wrapper.defaults, name),
+        step=step,
+        label=label,
+        info=type(wrapper.defaults).model_fields[name].description,
+    )

