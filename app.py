@@ -18,7 +18,7 @@ from typing import Any
 from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
 from modules.wrappers import build_wrapper, wrapper_tasks
-from modules.wrappers.base import HostSettings, Wrapper
+from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
 
 log = logging.getLogger("atelier")
 HERE = Path(__file__).resolve().parent
@@ -89,18 +89,23 @@ def load_models(args: argparse.Namespace) -> Catalog:
 
 
 def build_wrappers(catalog: Catalog, manager: MemoryManager, host: HostSettings) -> dict[str, dict[str, Wrapper]]:
-    return {
-        task: {entry.id: build_wrapper(entry, manager, host=host) for entry in group.models}
-        for task, group in catalog.tasks.items()
-    }
+    """One wrapper per entry; the entries' `defaults` are validated here, so a bad one stops the start."""
+    wrappers: dict[str, dict[str, Wrapper]] = {}
+    for task, group in catalog.tasks.items():
+        wrappers[task] = {}
+        for entry in group.models:
+            try:
+                wrappers[task][entry.id] = build_wrapper(entry, manager, host=host)
+            except InvalidInput as exc:
+                raise CatalogError(f"tasks.{task}[{entry.id}].defaults: {exc}") from None
+    return wrappers
 
 
-def build_app(catalog: Catalog, manager: MemoryManager, host: HostSettings) -> Any:
+def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]]) -> Any:
     import gradio as gr
 
     from modules.tabs.system import build_system_tab
 
-    wrappers = build_wrappers(catalog, manager, host)
     with gr.Blocks(title="Atelier") as demo:
         gr.Markdown("# 🎨 Atelier\nEvery generative modality in one place, sharing one memory manager.")
         for task in TASKS:
@@ -125,10 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     args.outputs.mkdir(parents=True, exist_ok=True)
     # Gradio serves files from its temp dir: keep that inside the app's own output folder.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(args.outputs / "gradio"))
-    try:
-        catalog = load_models(args)
-    except CatalogError as exc:
-        raise SystemExit(f"error: {exc}") from None
     device = resolve_device(args.device)
     manager = MemoryManager(
         device,
@@ -136,7 +137,12 @@ def main(argv: list[str] | None = None) -> None:
         idle_unload_seconds=args.idle_unload * 60 if args.idle_unload else None,
     )
     host = HostSettings(output_dir=args.outputs, max_prompt_chars=args.max_prompt_chars)
-    demo = build_app(catalog, manager, host)
+    try:
+        catalog = load_models(args)
+        wrappers = build_wrappers(catalog, manager, host)
+    except CatalogError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    demo = build_app(catalog, manager, wrappers)
     auth = parse_auth(args.auth)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")

@@ -1,0 +1,150 @@
+"""Chat end to end: the real app on loopback, the real embedded SmolLM2, driven by gradio_client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from modules.catalog import load_catalog
+from modules.wrappers import wrapper_tasks
+from tests.conftest import ROOT, AppServer
+
+CATALOG = load_catalog(ROOT / "models.yaml", wrapper_tasks())
+EMBEDDED = CATALOG.tasks["chat"].fallback
+SYSTEM = "You are a helpful assistant."
+
+
+@pytest.fixture(scope="module")
+def embedded_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """The shipped catalogue with the hub switched off: only the embedded model can load."""
+    server = AppServer([], tmp_path_factory.mktemp("embedded-app"), env={"HF_HUB_OFFLINE": "1"})
+    try:
+        server.wait_until_serving()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(embedded_app: AppServer) -> Client:
+    return embedded_app.client()
+
+
+def chat(client: Client, message: str, model: str = EMBEDDED, **settings: float) -> tuple[str, str, list]:
+    """Send one message; return the reply text, its stats note and every streamed output."""
+    job = client.submit(
+        message,
+        model,
+        SYSTEM,
+        settings.get("temperature", 0.0),
+        settings.get("top_p", 0.9),
+        settings.get("max_new_tokens", 24),
+        api_name="/chat",
+    )
+    final = job.result(timeout=300)
+    reply, note = final
+    return reply["content"], note["metadata"]["title"], job.outputs()
+
+
+def model_state(client: Client, key: str) -> dict:
+    return next(row for row in client.predict(api_name="/system_status") if row["key"] == key)
+
+
+def test_embedded_model_streams_a_reply_with_its_speed(client: Client) -> None:
+    text, note, outputs = chat(client, "Write a haiku about the ocean.", max_new_tokens=32)
+    assert text.strip(), "the reply is empty"
+    streamed = [o for o in outputs if isinstance(o, str) and o]
+    assert len(streamed) >= 3, f"expected a stream of partial replies, got {outputs!r}"
+    assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:])), "stream is not incremental"
+    assert "tokens/s" in note and "first token" in note and "SmolLM2" in note
+    state = model_state(client, f"chat/{EMBEDDED}")
+    assert state["state"] == "on device" and state["in use"] == 0 and state["loads"] == 1
+
+
+def test_greedy_replies_repeat_and_context_carries(client: Client) -> None:
+    first, _, _ = chat(client, "Name a colour.", max_new_tokens=12)
+    again, _, _ = chat(client, "Name a colour.", max_new_tokens=12)
+    assert first == again
+
+
+def test_stop_ends_generation_and_releases_the_lease(client: Client) -> None:
+    job = client.submit("Tell me a very long story about a dragon.", EMBEDDED, SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
+    deadline = time.monotonic() + 120
+    while len([o for o in job.outputs() if o]) < 3:
+        assert time.monotonic() < deadline, "no streamed output before the deadline"
+        time.sleep(0.05)
+    job.cancel()
+    key = f"chat/{EMBEDDED}"
+    deadline = time.monotonic() + 30
+    while model_state(client, key)["in use"] != 0:
+        assert time.monotonic() < deadline, "the lease was not released after Stop"
+        time.sleep(0.2)
+    streamed_when_released = len(job.outputs())
+    time.sleep(1.0)
+    assert len(job.outputs()) == streamed_when_released, "generation went on after Stop"
+    text, _, _ = chat(client, "Say hi.", max_new_tokens=8)  # and the server still serves
+    assert text.strip()
+
+
+def test_unavailable_model_falls_back_to_the_embedded_one(client: Client) -> None:
+    text, note, _ = chat(client, "Say hi.", model="smollm2-1.7b", max_new_tokens=8)
+    assert text.strip()
+    assert "SmolLM2 1.7B Instruct is not available here" in note and CATALOG.tasks["chat"].get(EMBEDDED).name in note
+
+
+@pytest.mark.parametrize(
+    ("message", "model", "settings", "expected"),
+    [
+        ("", EMBEDDED, {}, "message is empty"),
+        ("   ", EMBEDDED, {}, "message is empty"),
+        ("x" * 200_000, EMBEDDED, {}, "message is 200,000 characters; the limit on this server is 10,000"),
+        ("hi", EMBEDDED, {"temperature": 5.0}, "greater than maximum value 2.0"),
+        ("hi", EMBEDDED, {"temperature": -1.0}, "less than minimum value 0"),
+        ("hi", EMBEDDED, {"max_new_tokens": 0}, "less than minimum value 1"),
+        ("hi", EMBEDDED, {"max_new_tokens": 100_000}, "greater than maximum value 4096"),
+        ("hi", "org/any-model-from-the-browser", {}, "not in the list of choices"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
+    client: Client, message: str, model: str, settings: dict, expected: str
+) -> None:
+    with pytest.raises(Exception) as caught:
+        chat(client, message, model=model, **settings)
+    assert expected in str(caught.value)
+    text, _, _ = chat(client, "Say hi.", max_new_tokens=4)
+    assert text.strip()
+
+
+def test_system_tab_unloads_a_model(client: Client) -> None:
+    chat(client, "Say hi.", max_new_tokens=2)
+    key = f"chat/{EMBEDDED}"
+    assert model_state(client, key)["state"] == "on device"
+    client.predict(key, api_name="/unload_model")
+    assert model_state(client, key)["state"] == "not loaded"
+    with pytest.raises(Exception, match="unknown model"):
+        client.predict("chat/nope", api_name="/unload_model")
+    text, _, _ = chat(client, "Say hi.", max_new_tokens=4)  # loads again on the next use
+    assert text.strip() and model_state(client, key)["loads"] == 2
+
+
+def test_tiny_app_chats_on_a_random_weight_model(tiny_client: Client) -> None:
+    job = tiny_client.submit("hello", "tiny-chat", SYSTEM, 0.0, 1.0, 16, api_name="/chat")
+    reply, note = job.result(timeout=120)
+    title = note["metadata"]["title"]
+    assert reply["content"] and "Tiny Llama" in title and "16 tokens" in title
+
+
+def test_auth_protects_the_app(tmp_path: Path) -> None:
+    server = AppServer(["--tiny", "--auth", "ada:lovelace"], tmp_path)
+    try:
+        server.wait_until_serving()
+        with pytest.raises(Exception):
+            Client(server.url, verbose=False)
+        authed = Client(server.url, auth=("ada", "lovelace"), verbose=False)
+        assert authed.predict(api_name="/system_status")
+    finally:
+        server.stop()
