@@ -51,14 +51,12 @@ def build_system_tab(manager: MemoryManager, labels: Mapping[str, str]) -> None:
         manager.unload(key)
         return refresh()
 
-    with gr.Accordion("Unload a model", open=True):
-        for key, label in labels.items():
-            with gr.Row(equal_height=True):
-                gr.Markdown(f"{label} — `{key}`")
-                button = gr.Button("Unload", size="sm", scale=0)
-                button.click(
-                    unload, gr.State(key), [overview, table], api_visibility="private"
-                )
+    gr.Markdown("### Unload a model\nFrees its memory now; it loads again on its next use.")
+    for key, label in labels.items():
+        with gr.Row(equal_height=True):
+            gr.Markdown(f"{label} — `{key}`")
+            button = gr.Button("Unload", size="sm", scale=0)
+            button.click(unload, gr.State(key), [overview, table], api_visibility="private")
     # Named endpoints, so scripts and tests can read and drive the same state the page shows.
     def system_status() -> list[dict[str, Any]]:
         return [dict(zip(COLUMNS, row)) for row in status_rows(manager, labels)]

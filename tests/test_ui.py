@@ -1,0 +1,64 @@
+"""The page itself, as a person sees it: headless Chromium (Debian's) driven by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import AppServer
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def page(tiny_app: AppServer) -> Iterator[object]:
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        page.goto(tiny_app.url)
+        page.get_by_role("tab", name="System").wait_for(timeout=30_000)  # Gradio renders client-side
+        yield page
+        browser.close()
+
+
+def test_every_tab_is_there(page: object) -> None:
+    for title in ("Chat", "System"):
+        assert page.get_by_role("tab", name=title).count() == 1, f"no {title} tab"
+
+
+def test_chat_streams_a_reply_with_its_speed_into_the_page(page: object) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    box = page.get_by_placeholder("Type a message...")
+    box.fill("hello")
+    box.press("Enter")
+    # The speed note under the reply appears once the stream is done.
+    page.get_by_text("tokens/s").first.wait_for(timeout=60_000)
+    assert "Tiny Llama" in page.get_by_text("tokens/s").first.inner_text()
+
+
+def test_random_weights_are_labelled(page: object) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    assert page.get_by_text("Random weights, for testing").first.is_visible()
+
+
+def test_system_tab_shows_the_loaded_model_live(page: object) -> None:
+    page.get_by_role("tab", name="System").click()
+    # Gradio's table keeps a hidden measuring copy of each cell; look at the visible one.
+    page.locator("span.text", has_text="on device").first.wait_for(timeout=10_000)  # the chat above loaded it
+    assert page.get_by_text("Device:").first.is_visible()
+    page.get_by_role("button", name="Unload").first.click()
+    page.locator("span.text", has_text="not loaded").first.wait_for(timeout=10_000)
