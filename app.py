@@ -31,8 +31,13 @@ TABS: dict[str, tuple[str, str]] = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for a LAN)")
-    parser.add_argument("--port", type=int, default=7860)
+    # Hugging Face Spaces (and Gradio's own convention) pass these through the environment.
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+        help="interface to listen on (0.0.0.0 for a LAN); default $GRADIO_SERVER_NAME or 127.0.0.1",
+    )
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true", help="also serve through a public Gradio link")
     parser.add_argument(
         "--auth",
