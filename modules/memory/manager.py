@@ -259,7 +259,7 @@ class MemoryManager:
             if victims is not None:
                 for victim in victims:
                     self._evict(victim)
-                release_memory(self.device)
+                release_memory(self.device, collect=False)  # `_drop` collected where it had to
                 continue
             pinned_elsewhere = any(r.pins for r in self._records.values() if r is not requester)
             if not pinned_elsewhere:
@@ -305,7 +305,9 @@ class MemoryManager:
         except TypeError:  # not weak-referenceable (e.g. a dict); nothing to check
             alive = None
         del model
-        release_memory(self.device)
+        # Reference counting frees an acyclic model at once; a full collection (tens of ms with torch
+        # loaded, under the manager's lock) is only worth it when something may still hold it.
+        release_memory(self.device, collect=alive is None or alive() is not None)
         self.last_drop_freed = alive is None or alive() is None
         if not self.last_drop_freed:
             log.warning("%s was unloaded but something still references it; memory not freed", record.key)
