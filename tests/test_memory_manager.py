@@ -173,6 +173,18 @@ def test_random_leases_never_exceed_the_budget():
     assert min(outcomes.values()) > 0, outcomes  # every branch was exercised
 
 
+def test_lease_of_a_model_in_use_waits_for_its_own_working_memory_rather_than_calling_it_too_large():
+    """Room held by another lease of the same model is busy, not "too large": it comes back."""
+    model = LinearModel("m", 40 * KIB)
+    mm = manager(100 * KIB, model, wait_seconds=0.0)
+    with mm.use(model, 40 * KIB):
+        with pytest.raises(DeviceBusy):
+            with mm.use(model, 40 * KIB):
+                pass
+    with mm.use(model, 40 * KIB):  # alone it fits
+        pass
+
+
 def test_model_too_large_names_the_model_and_sizes_and_evicts_nothing():
     small, big = LinearModel("small", 16 * KIB), LinearModel("big", 64 * KIB)
     mm = manager(60 * KIB, small, big)

@@ -261,9 +261,10 @@ class MemoryManager:
                     self._evict(victim)
                 release_memory(self.device, collect=False)  # `_drop` collected where it had to
                 continue
-            pinned_elsewhere = any(r.pins for r in self._records.values() if r is not requester)
-            if not pinned_elsewhere:
-                own = requester.device_bytes
+            # Too large only if it could not fit with everything else gone. Room held by other leases,
+            # of this model or others, comes back when they end: that is worth waiting for.
+            own = requester.bytes if requester.state is State.ON_DEVICE else 0
+            if own + extra > limit:
                 raise ModelTooLarge(
                     f"{requester.key} needs {format_bytes(own + extra)} but the memory budget on "
                     f"{self.device} is {format_bytes(limit)}. Pick a smaller model or settings, or "
