@@ -9,6 +9,7 @@ test model records where it was asked to go while its tensors stay on CPU.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 import weakref
@@ -36,12 +37,21 @@ class LinearModel:
 
     can_offload = True
 
-    def __init__(self, key: str, size: int, estimate: int | None = None, load_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        key: str,
+        size: int,
+        estimate: int | None = None,
+        load_seconds: float = 0.0,
+        load_barrier: threading.Barrier | None = None,
+    ) -> None:
         assert size % 4 == 0
         self.key = key
         self.size = size
         self.estimate = size if estimate is None else estimate
         self.load_seconds = load_seconds
+        #: Loads meet here (or time out), to line concurrent loads up.
+        self.load_barrier = load_barrier
         self.load_calls = 0
         self.moves: list[str] = []
         #: Exceptions the next `load` / `move` calls raise, in order.
@@ -60,6 +70,11 @@ class LinearModel:
             raise failure
         if self.load_seconds:
             time.sleep(self.load_seconds)  # a slow load widens the window for concurrent first uses
+        if self.load_barrier is not None:
+            try:
+                self.load_barrier.wait(timeout=0.5)
+            except threading.BrokenBarrierError:
+                pass
         model = nn.Linear(self.size // 4, 1, bias=False)
         model.placed_on = device  # the tensors stay on CPU; where the manager asked for is recorded
         return model
@@ -214,13 +229,32 @@ def test_low_estimate_is_corrected_by_evicting_others_after_the_load():
     assert_accounting_consistent(mm)
 
 
+def test_low_estimate_of_a_model_bigger_than_the_budget_drops_it_again():
+    model = LinearModel("model", 128 * KIB, estimate=8 * KIB)
+    mm = manager(100 * KIB, model)
+    with pytest.raises(ModelTooLarge, match="model"):
+        with mm.use(model):
+            pass
+    assert state(mm, "model") is State.NOT_LOADED
+    assert mm.used_bytes() == 0
+    # The measured size is remembered: the next request fails before loading anything.
+    with pytest.raises(ModelTooLarge):
+        with mm.use(model):
+            pass
+    assert model.load_calls == 1
+
+
+# ------------------------------------------------------------------------------------------------------
+# Eviction order and pins
+
+
 def test_eviction_follows_least_recent_use():
     a, b, c, d, e = (LinearModel(k, 32 * KIB) for k in "abcde")
     mm = manager(96 * KIB, a, b, c, d, e)
     load(mm, a, b, c)
     load(mm, a)  # a is now the most recent; b the least
     load(mm, d)
-    assert [state(mm, k) for k in "abcd"] == [State.ON_DEVICE, State.NOT_LOADED, State.ON_DEVICE, State.ON_DEVICE]
+    assert {k for k in "abcde" if state(mm, k) is State.ON_DEVICE} == {"a", "c", "d"}
     load(mm, e)  # c is now the least recent
     assert state(mm, "c") is State.NOT_LOADED
     assert {k for k in "abcde" if state(mm, k) is State.ON_DEVICE} == {"a", "d", "e"}
@@ -303,6 +337,76 @@ def test_concurrent_first_uses_of_one_model_load_it_once():
     assert len(seen) == 8 and len(set(seen)) == 1
     assert next(s.loads for s in mm.status() if s.key == "model") == 1
     assert_accounting_consistent(mm)
+
+
+def test_concurrent_leases_of_different_models_keep_the_accounting_right():
+    """Threads lease random models at once: the budget holds in every lease, and afterwards the used
+    bytes equal the models on the device, with no pin left behind."""
+    budget = 128 * KIB
+    sizes = [8, 16, 24, 32, 40, 48]
+    models = [LinearModel(f"m{i}", size * KIB, load_seconds=0.002) for i, size in enumerate(sizes)]
+    mm = manager(budget, *models, wait_seconds=10.0)
+    over_budget: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        barrier.wait()
+        try:
+            for _ in range(40):
+                model = rng.choice(models)
+                with mm.use(model, working_bytes=rng.choice([0, 4, 8]) * KIB) as module:
+                    used = mm.used_bytes()
+                    if used > budget:
+                        over_budget.append(used)
+                    module(torch.ones(1, model.size // 4))
+                del module  # no reference outlives the lease, as in a wrapper
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # switch threads often, to give races a chance
+    try:
+        threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, errors
+    assert not over_budget, over_budget
+    assert_accounting_consistent(mm)
+    assert sum(m.load_calls for m in models) > len(models)  # evictions happened
+
+
+def test_first_uses_that_fit_only_one_at_a_time_take_turns():
+    """Two loads whose weights fit together but whose working memory does not: neither may pin its
+    model and then wait for room the other holds (both would time out); they take turns."""
+    meet = threading.Barrier(2)
+    a, b = LinearModel("a", 40 * KIB, load_barrier=meet), LinearModel("b", 40 * KIB, load_barrier=meet)
+    mm = manager(100 * KIB, a, b, wait_seconds=3.0)
+    errors: list[BaseException] = []
+
+    def lease(model: LinearModel) -> None:
+        try:
+            with mm.use(model, working_bytes=30 * KIB):
+                assert mm.used_bytes() <= 100 * KIB
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=lease, args=(model,)) for model in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert_accounting_consistent(mm)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Out of memory
 
 
 def test_out_of_memory_in_a_lease_frees_idle_models_and_the_next_request_succeeds():
