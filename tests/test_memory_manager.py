@@ -8,6 +8,7 @@ test model records where it was asked to go while its tensors stay on CPU.
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
 import threading
@@ -634,3 +635,13 @@ def test_idle_models_are_unloaded_after_the_interval_but_pinned_ones_stay():
         assert state(mm, "pinned") is State.ON_DEVICE
     assert wait_until(lambda: state(mm, "pinned") is State.NOT_LOADED, seconds=5)
     assert mm.used_bytes() == 0
+
+
+def test_the_idle_reaper_stops_with_its_manager():
+    before = set(threading.enumerate())
+    mm = manager(100 * KIB, idle_unload_seconds=0.05)
+    reapers = {t for t in threading.enumerate() if t not in before}
+    assert [t.name for t in reapers] == ["atelier-idle-unload"]
+    del mm
+    gc.collect()
+    assert wait_until(lambda: not any(t.is_alive() for t in reapers), seconds=5)

@@ -360,14 +360,24 @@ class MemoryManager:
         )
 
     def _start_idle_reaper(self, idle_seconds: float) -> None:
+        # The thread holds the manager weakly, so a manager that is gone takes its reaper with it.
+        manager = weakref.ref(self)
+
         def reap() -> None:
             while True:
                 time.sleep(min(idle_seconds, 30.0))
-                cutoff = time.monotonic() - idle_seconds
-                with self._cond:
-                    for record in self._records.values():
-                        if record.pins == 0 and record.state is not State.NOT_LOADED and record.last_used < cutoff:
-                            log.info("unloading %s after %.0f s idle", record.key, idle_seconds)
-                            self._drop(record)
+                alive = manager()
+                if alive is None:
+                    return
+                alive._unload_idle(idle_seconds)
+                del alive
 
         threading.Thread(target=reap, name="atelier-idle-unload", daemon=True).start()
+
+    def _unload_idle(self, idle_seconds: float) -> None:
+        cutoff = time.monotonic() - idle_seconds
+        with self._cond:
+            for record in self._records.values():
+                if record.pins == 0 and record.state is not State.NOT_LOADED and record.last_used < cutoff:
+                    log.info("unloading %s after %.0f s idle", record.key, idle_seconds)
+                    self._drop(record)
