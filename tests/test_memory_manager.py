@@ -505,6 +505,16 @@ def test_out_of_memory_during_load_frees_idle_models_and_retries_once():
     assert state(mm, "model") is State.NOT_LOADED
     assert_accounting_consistent(mm)
 
+    # run() retries the work, not a load that already had its retry.
+    model.load_calls = 0
+    model.load_failures = [oom(), oom(), oom(), oom()]
+    with pytest.raises(DeviceOutOfMemory):
+        mm.run(model, lambda module: None)
+    assert model.load_calls == 2
+    with pytest.raises(DeviceOutOfMemory):
+        list(mm.stream(model, lambda module: iter([1])))
+    assert model.load_calls == 4
+
 
 def test_a_failed_load_gives_its_reservation_back():
     model = LinearModel("model", 32 * KIB)

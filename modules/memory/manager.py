@@ -136,11 +136,18 @@ class MemoryManager:
                 self._cond.notify_all()
 
     def run(self, loader: Loadable, work: Callable[[Any], T], working_bytes: int = 0) -> T:
-        """`work(model)` inside a lease; after an out-of-memory recovery it is retried once."""
+        """`work(model)` inside a lease; after an out-of-memory recovery it is retried once.
+
+        Only the work is retried: a load that ran out of memory has had its retry inside the lease.
+        """
+        started = False
         try:
             with self.use(loader, working_bytes) as model:
+                started = True
                 return work(model)
         except DeviceOutOfMemory:
+            if not started:
+                raise
             log.warning("retrying %s once after freeing memory", loader.key)
         release_memory(self.device)  # the failed attempt's activations are only now unreferenced
         with self.use(loader, working_bytes) as model:
@@ -148,15 +155,16 @@ class MemoryManager:
 
     def stream(self, loader: Loadable, work: Callable[[Any], Iterator[T]], working_bytes: int = 0) -> Iterator[T]:
         """Like `run` for generators: the retry happens only if nothing was yielded yet."""
-        yielded = False
+        started = yielded = False
         try:
             with self.use(loader, working_bytes) as model:
+                started = True
                 for item in work(model):
                     yielded = True
                     yield item
             return
         except DeviceOutOfMemory:
-            if yielded:
+            if yielded or not started:
                 raise
             log.warning("retrying %s once after freeing memory", loader.key)
         release_memory(self.device)
