@@ -15,6 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -55,6 +56,8 @@ class LinearModel:
         self.load_barrier = load_barrier
         self.load_calls = 0
         self.moves: list[str] = []
+        #: Whether a copy sits in host RAM (moved to 'cpu' and not yet closed or moved back).
+        self.on_host = False
         #: Exceptions the next `load` / `move` calls raise, in order.
         self.load_failures: list[BaseException] = []
         self.move_failures: list[BaseException] = []
@@ -90,10 +93,22 @@ class LinearModel:
             model.placed_on = "half-way"
             raise self.move_failures.pop(0)
         model.placed_on = device
+        self.on_host = device == "cpu"
         return model
 
     def close(self, model: nn.Module) -> None:
-        pass
+        self.on_host = False
+
+
+@dataclass(frozen=True)
+class SmallHost(Budget):
+    """A host with `ram` bytes of RAM, in which offloaded copies take room, as psutil sees it."""
+
+    ram: int = 0
+    models: tuple[LinearModel, ...] = ()
+
+    def host_room(self) -> int:
+        return self.ram - sum(model.size for model in self.models if model.on_host)
 
 
 def manager(budget: int, *models: LinearModel, device: str = "cpu", **kwargs) -> MemoryManager:
@@ -583,6 +598,19 @@ def test_offloads_to_cpu_on_an_accelerator_and_brings_the_copy_back():
         assert state(mm, "b") is State.OFFLOADED
     assert a.load_calls == 1 and a.moves == ["cpu", "cuda:0"]
     assert_accounting_consistent(mm)
+
+
+def test_offloads_while_the_host_has_room_then_drops():
+    a, b, c, d = (LinearModel(k, 60 * KIB) for k in "abcd")
+    host = SmallHost("cuda", override=100 * KIB, ram=150 * KIB, models=(a, b, c, d))
+    mm = MemoryManager("cuda", budget=host)
+    for model in (a, b, c, d):
+        mm.register(model)
+    load(mm, a, b, c)  # a and b fit in host RAM together
+    assert [state(mm, k) for k in "abc"] == [State.OFFLOADED, State.OFFLOADED, State.ON_DEVICE]
+    load(mm, d)  # c does not fit there any more
+    assert state(mm, "c") is State.NOT_LOADED and c.moves == []
+    assert mm.offloaded_bytes() == 120 * KIB
 
 
 def test_drops_instead_of_offloading_when_the_host_has_no_room():

@@ -324,7 +324,8 @@ class MemoryManager:
         offload = (
             is_accelerator(self.device)
             and record.loader.can_offload
-            and record.bytes + self.offloaded_bytes() <= self.budget.host_room()
+            # host_room() is what is still free, so copies offloaded earlier are already counted in it.
+            and record.bytes <= self.budget.host_room()
         )
         if offload:
             try:
