@@ -329,6 +329,17 @@ def test_a_model_in_use_is_never_evicted():
     assert_accounting_consistent(mm)
 
 
+def test_unload_of_a_model_in_use_is_refused():
+    model = LinearModel("model", 16 * KIB)
+    mm = manager(100 * KIB, model)
+    with mm.use(model):
+        with pytest.raises(ModelInUse, match="model"):
+            mm.unload("model")
+        assert state(mm, "model") is State.ON_DEVICE
+    mm.unload("model")
+    assert state(mm, "model") is State.NOT_LOADED and mm.used_bytes() == 0
+
+
 # ------------------------------------------------------------------------------------------------------
 # Concurrency
 
