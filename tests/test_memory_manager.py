@@ -675,8 +675,8 @@ def test_a_model_that_fails_half_way_to_cpu_is_dropped():
 def test_idle_models_are_unloaded_after_the_interval_but_pinned_ones_stay():
     idle, pinned = LinearModel("idle", 16 * KIB), LinearModel("pinned", 16 * KIB)
     mm = manager(100 * KIB, idle, pinned, idle_unload_seconds=0.1)
+    released = time.monotonic()  # a lower bound on when the lease below ends
     load(mm, idle)
-    released = time.monotonic()
     with mm.use(pinned):
         assert wait_until(lambda: state(mm, "idle") is State.NOT_LOADED, seconds=5)
         assert time.monotonic() - released >= 0.1
