@@ -125,8 +125,9 @@ class MemoryManager:
                 with self._cond:
                     record.working_bytes -= working_bytes
             if out_of_memory:
-                # Raised outside the except block so the OOM traceback (and the activations its frames
-                # hold) is gone before memory is collected.
+                # The caller's `with` statement still holds the OOM, and through its traceback the failed
+                # work's activations, until this raises: the recovery frees idle models, not those.
+                # `run`/`stream` collect again once the OOM is handled, before they retry.
                 self._recover_from_oom()
                 raise DeviceOutOfMemory(self._oom_message(record))
         finally:
