@@ -7,10 +7,14 @@ Policy, stated honestly:
 - To make room, idle models are evicted least recently used first. On an accelerator an evicted model is
   offloaded to CPU RAM while the host has room, so it comes back quickly; otherwise it is dropped and its
   memory is collected, and the manager checks that nothing kept it alive.
-- Room that is held by models in use is waited for (up to `wait_seconds`), never taken.
+- Room that is held by models in use is waited for (up to `wait_seconds`), never taken. A waiting
+  request pins nothing and holds no room, so two waiters can never each hold what the other needs.
+  Weights and working memory are claimed together, before the load.
 - On an out-of-memory error, every idle model is evicted, caches are emptied, and `run`/`stream` retry
   once. A model that fails half-way through a move is dropped rather than left split across devices.
-- The estimate given before a load is replaced by the measured footprint after it.
+- The estimate given before a load is replaced by the measured footprint after it. If the model then
+  does not fit even after evicting idle models, it is dropped again rather than left over the budget,
+  and loaded again once room is free (or refused as too large).
 
 The manager knows nothing about modalities: it sees `Loadable` objects and byte counts.
 """
@@ -107,11 +111,8 @@ class MemoryManager:
     def use(self, loader: Loadable, working_bytes: int = 0) -> Iterator[Any]:
         """Pin `loader`'s model on the device for the block, loading it first if needed."""
         record = self._record(loader)
-        with self._cond:
-            record.pins += 1
+        model = self._acquire(record, working_bytes)
         try:
-            model = self._activate(record)
-            self._claim(record, working_bytes)
             out_of_memory = False
             try:
                 yield model
@@ -124,8 +125,9 @@ class MemoryManager:
                 with self._cond:
                     record.working_bytes -= working_bytes
             if out_of_memory:
-                # Raised outside the except block so the OOM traceback (and the activations its frames
-                # hold) is gone before memory is collected.
+                # The caller's `with` statement still holds the OOM, and through its traceback the failed
+                # work's activations, until this raises: the recovery frees idle models, not those.
+                # `run`/`stream` collect again once the OOM is handled, before they retry.
                 self._recover_from_oom()
                 raise DeviceOutOfMemory(self._oom_message(record))
         finally:
@@ -135,11 +137,18 @@ class MemoryManager:
                 self._cond.notify_all()
 
     def run(self, loader: Loadable, work: Callable[[Any], T], working_bytes: int = 0) -> T:
-        """`work(model)` inside a lease; after an out-of-memory recovery it is retried once."""
+        """`work(model)` inside a lease; after an out-of-memory recovery it is retried once.
+
+        Only the work is retried: a load that ran out of memory has had its retry inside the lease.
+        """
+        started = False
         try:
             with self.use(loader, working_bytes) as model:
+                started = True
                 return work(model)
         except DeviceOutOfMemory:
+            if not started:
+                raise
             log.warning("retrying %s once after freeing memory", loader.key)
         release_memory(self.device)  # the failed attempt's activations are only now unreferenced
         with self.use(loader, working_bytes) as model:
@@ -147,15 +156,16 @@ class MemoryManager:
 
     def stream(self, loader: Loadable, work: Callable[[Any], Iterator[T]], working_bytes: int = 0) -> Iterator[T]:
         """Like `run` for generators: the retry happens only if nothing was yielded yet."""
-        yielded = False
+        started = yielded = False
         try:
             with self.use(loader, working_bytes) as model:
+                started = True
                 for item in work(model):
                     yielded = True
                     yield item
             return
         except DeviceOutOfMemory:
-            if yielded:
+            if yielded or not started:
                 raise
             log.warning("retrying %s once after freeing memory", loader.key)
         release_memory(self.device)
@@ -192,29 +202,67 @@ class MemoryManager:
             raise KeyError(f"{loader.key!r} is not registered with this memory manager")
         return record
 
-    def _activate(self, record: ModelRecord) -> Any:
-        """Make sure the pinned `record` is on the device and return its model."""
-        with record.load_lock:
+    def _acquire(self, record: ModelRecord, working_bytes: int) -> Any:
+        """Pin `record` on the device with `working_bytes` claimed, loading it first if needed.
+
+        A request pins nothing while it waits for room. Pinning a resident model and then waiting for
+        working memory would let two requests each hold what the other needs until both time out.
+        """
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
             with self._cond:
                 if record.state is State.ON_DEVICE:
-                    return record.model
-                needed = record.bytes or record.loader.estimate_bytes()
-                self._make_room(needed, requester=record)
-                record.reserved_bytes = needed
-            try:
-                started = time.perf_counter()
-                model = self._bring_in(record)
-                measured = record.loader.measure_bytes(model)
-            finally:
-                with self._cond:
-                    record.reserved_bytes = 0
+                    self._make_room(working_bytes, record, deadline)
+                    if record.state is State.ON_DEVICE:  # it may have been evicted while we waited
+                        record.pins += 1
+                        record.working_bytes += working_bytes
+                        return record.model
+                    continue
+            with record.load_lock:  # one load per model: requests queued behind it find it resident
+                model = self._load(record, working_bytes, deadline)
+            if model is not None:
+                return model
+
+    def _load(self, record: ModelRecord, working_bytes: int, deadline: float) -> Any | None:
+        """Bring `record` onto the device and pin it; None when the caller should look again."""
+        with self._cond:
+            if record.state is State.ON_DEVICE:
+                return None  # loaded by the request this one queued behind
+            needed = record.bytes or record.loader.estimate_bytes()
+            self._make_room(needed + working_bytes, record, deadline)
+            record.reserved_bytes = needed + working_bytes
+            record.pins += 1
+        started = time.perf_counter()
+        try:
+            model = self._bring_in(record)
+            measured = record.loader.measure_bytes(model)
+        except BaseException:
             with self._cond:
-                record.model, record.bytes, record.state = model, measured, State.ON_DEVICE
-                record.last_load_seconds = time.perf_counter() - started
-                record.loads += 1
-                if measured > needed:  # the estimate was low: evict others to get back under budget
-                    self._make_room(0, requester=record)
-            return model
+                record.reserved_bytes = 0
+                record.pins -= 1
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            # From reserved to resident in one step, so no other request can count the room twice.
+            record.reserved_bytes = 0
+            record.model, record.bytes, record.state = model, measured, State.ON_DEVICE
+            del model
+            record.last_load_seconds = time.perf_counter() - started
+            record.loads += 1
+            try:
+                # The reservation covers this unless the estimate was low; then evict others at once.
+                # Never wait here: waiting while holding the model is what `_acquire` avoids.
+                self._make_room(working_bytes, record, deadline=0.0)
+            except (ModelTooLarge, DeviceBusy) as exc:
+                record.pins -= 1
+                self._drop(record)  # it cannot stay over the budget
+                if isinstance(exc, ModelTooLarge):
+                    raise
+                log.info("%s is larger than estimated (%s); waiting for room to load it again",
+                         record.key, format_bytes(measured))
+                return None
+            record.working_bytes += working_bytes
+            return record.model
 
     def _bring_in(self, record: ModelRecord) -> Any:
         """Load (or re-activate an offloaded copy); on OOM free idle models and try once more."""
@@ -242,14 +290,8 @@ class MemoryManager:
                 self._drop(record)
             raise
 
-    def _claim(self, record: ModelRecord, working_bytes: int) -> None:
-        with self._cond:
-            self._make_room(working_bytes, requester=record)
-            record.working_bytes += working_bytes
-
-    def _make_room(self, extra: int, requester: ModelRecord) -> None:
-        """Evict idle models until `extra` more bytes fit; wait for leases if they hold the room."""
-        deadline = time.monotonic() + self.wait_seconds
+    def _make_room(self, extra: int, requester: ModelRecord, deadline: float) -> None:
+        """Evict idle models until `extra` more bytes fit; until `deadline`, wait for leases holding room."""
         while True:
             limit = self.budget.limit()
             over = self.used_bytes() + extra - limit
@@ -259,11 +301,12 @@ class MemoryManager:
             if victims is not None:
                 for victim in victims:
                     self._evict(victim)
-                release_memory(self.device)
+                release_memory(self.device, collect=False)  # `_drop` collected where it had to
                 continue
-            pinned_elsewhere = any(r.pins for r in self._records.values() if r is not requester)
-            if not pinned_elsewhere:
-                own = requester.device_bytes
+            # Too large only if it could not fit with everything else gone. Room held by other leases,
+            # of this model or others, comes back when they end: that is worth waiting for.
+            own = requester.bytes if requester.state is State.ON_DEVICE else 0
+            if own + extra > limit:
                 raise ModelTooLarge(
                     f"{requester.key} needs {format_bytes(own + extra)} but the memory budget on "
                     f"{self.device} is {format_bytes(limit)}. Pick a smaller model or settings, or "
@@ -282,13 +325,15 @@ class MemoryManager:
         offload = (
             is_accelerator(self.device)
             and record.loader.can_offload
-            and record.bytes + self.offloaded_bytes() <= self.budget.host_room()
+            # host_room() is what is still free, so copies offloaded earlier are already counted in it.
+            and record.bytes <= self.budget.host_room()
         )
         if offload:
             try:
                 record.model = record.loader.move(record.model, "cpu")
                 record.state = State.OFFLOADED
                 log.info("offloaded %s to CPU RAM (%s)", record.key, format_bytes(record.bytes))
+                self._cond.notify_all()
                 return
             except Exception:  # a failed move leaves a half-moved model: drop it below
                 log.exception("offloading %s failed; dropping it", record.key)
@@ -305,11 +350,14 @@ class MemoryManager:
         except TypeError:  # not weak-referenceable (e.g. a dict); nothing to check
             alive = None
         del model
-        release_memory(self.device)
+        # Reference counting frees an acyclic model at once; a full collection (tens of ms with torch
+        # loaded, under the manager's lock) is only worth it when something may still hold it.
+        release_memory(self.device, collect=alive is None or alive() is not None)
         self.last_drop_freed = alive is None or alive() is None
         if not self.last_drop_freed:
             log.warning("%s was unloaded but something still references it; memory not freed", record.key)
         log.info("dropped %s", record.key)
+        self._cond.notify_all()
 
     def _recover_from_oom(self) -> None:
         log.warning("out of memory on %s: freeing every idle model", self.device)
@@ -322,14 +370,24 @@ class MemoryManager:
         )
 
     def _start_idle_reaper(self, idle_seconds: float) -> None:
+        # The thread holds the manager weakly, so a manager that is gone takes its reaper with it.
+        manager = weakref.ref(self)
+
         def reap() -> None:
             while True:
                 time.sleep(min(idle_seconds, 30.0))
-                cutoff = time.monotonic() - idle_seconds
-                with self._cond:
-                    for record in self._records.values():
-                        if record.pins == 0 and record.state is not State.NOT_LOADED and record.last_used < cutoff:
-                            log.info("unloading %s after %.0f s idle", record.key, idle_seconds)
-                            self._drop(record)
+                alive = manager()
+                if alive is None:
+                    return
+                alive._unload_idle(idle_seconds)
+                del alive
 
         threading.Thread(target=reap, name="atelier-idle-unload", daemon=True).start()
+
+    def _unload_idle(self, idle_seconds: float) -> None:
+        cutoff = time.monotonic() - idle_seconds
+        with self._cond:
+            for record in self._records.values():
+                if record.pins == 0 and record.state is not State.NOT_LOADED and record.last_used < cutoff:
+                    log.info("unloading %s after %.0f s idle", record.key, idle_seconds)
+                    self._drop(record)

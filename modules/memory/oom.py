@@ -14,9 +14,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
 
 
-def release_memory(device: str) -> None:
-    """Collect garbage and hand cached allocator blocks back, so freed models really leave the device."""
-    gc.collect()
+def release_memory(device: str, collect: bool = True) -> None:
+    """Collect garbage and hand cached allocator blocks back, so freed models really leave the device.
+
+    A full collection costs tens of milliseconds once torch is imported; pass `collect=False` where
+    reference counting has already freed what mattered.
+    """
+    if collect:
+        gc.collect()
     torch = sys.modules.get("torch")
     if torch is None:
         return
