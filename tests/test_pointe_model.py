@@ -84,7 +84,10 @@ def _model_config(case: dict) -> PointDiffusionConfig:
     common = dict(width=case["width"], layers=case["layers"], heads=case["heads"], n_ctx=case["n_ctx"])
     if case["kind"] == "text":
         return PointDiffusionConfig(
-            model_type="text", cond_width=case["feature_dim"], time_token_cond=case["time_token_cond"], **common
+            model_type="text",
+            cond_width=case["feature_dim"],
+            time_token_cond=case["time_token_cond"],
+            **common,
         )
     return PointDiffusionConfig(
         model_type="upsample",
@@ -112,7 +115,8 @@ def test_model_matches_official_outputs(case: dict) -> None:
         else:
             low = randn((B, 6, case["cond_ctx"]), seed + 2)
             low = torch.cat([low[:, :3] * 0.5, (low[:, 3:] * 60 + 128).clamp(0, 255)], dim=1)
-            grid = randn((B, case["grid_dim"], case["grid_size"] ** 2), seed + 3) if case["with_grid"] else None
+            grid_shape = (B, case["grid_dim"], case["grid_size"] ** 2)
+            grid = randn(grid_shape, seed + 3) if case["with_grid"] else None
             out = model(x, t, low, grid)
     torch.testing.assert_close(out, torch.from_numpy(GOLDEN_OUT[case["name"]]), atol=ATOL, rtol=0)
 
@@ -121,7 +125,8 @@ def test_model_matches_official_outputs(case: dict) -> None:
 def test_sampler_matches_official_chain(case: dict) -> None:
     text, up = case["text"], case["upsample"]
     base = seeded_model(_model_config({**text, "kind": "text", "time_token_cond": True}), case["base_seed"])
-    upsampler = seeded_model(_model_config({**up, "kind": "upsample", "with_grid": False}), case["upsample_seed"])
+    up_config = _model_config({**up, "kind": "upsample", "with_grid": False})
+    upsampler = seeded_model(up_config, case["upsample_seed"])
     (base_churn, up_churn), (base_sigma, up_sigma) = case["s_churn"], case["sigma_max"]
     sampler = PointCloudSampler(
         base,  # type: ignore[arg-type]
@@ -131,7 +136,10 @@ def test_sampler_matches_official_chain(case: dict) -> None:
         SamplerConfig(steps=case["steps"], sigma_max=base_sigma, s_churn=base_churn, guidance_scale=3.0),
         SamplerConfig(steps=case["steps"], sigma_max=up_sigma, s_churn=up_churn, guidance_scale=0.0),
     )
-    noise = (randn((1, 6, text["n_ctx"]), case["base_noise_seed"]), randn((1, 6, up["n_ctx"]), case["upsample_noise_seed"]))
+    noise = (
+        randn((1, 6, text["n_ctx"]), case["base_noise_seed"]),
+        randn((1, 6, up["n_ctx"]), case["upsample_noise_seed"]),
+    )
     text_embed = randn((1, text["feature_dim"]), case["text_seed"])
     text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
     seed = case["generator_seed"]

@@ -153,7 +153,9 @@ class UpsamplePointDiffusionTransformer(PointDiffusionTransformer):
         self.cond_point_proj = nn.Linear(config.input_channels, config.width)
         self.register_buffer("channel_scales", torch.tensor(config.channel_scales, dtype=torch.float32))
         self.register_buffer("channel_biases", torch.tensor(config.channel_biases, dtype=torch.float32))
-        self.clip_embed = nn.Sequential(nn.LayerNorm(config.cond_width), nn.Linear(config.cond_width, config.width))
+        self.clip_embed = nn.Sequential(
+            nn.LayerNorm(config.cond_width), nn.Linear(config.cond_width, config.width)
+        )
 
     def forward(self, x: Tensor, t: Tensor, low_res: Tensor, grid: Tensor | None = None) -> Tensor:
         """x: (B, C, N); t: (B,); low_res: (B, C, N_low) points in data space (xyz, rgb 0..255);

@@ -106,9 +106,13 @@ class PointEPipeline:
     def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PointEPipeline:
         folder = Path(folder)
         if not (folder / PIPELINE_CONFIG_NAME).is_file():
-            raise FileNotFoundError(f"{folder} is not a Point-E pipeline folder: {PIPELINE_CONFIG_NAME} is missing")
+            raise FileNotFoundError(
+                f"{folder} is not a Point-E pipeline folder: {PIPELINE_CONFIG_NAME} is missing"
+            )
         configs = json.loads((folder / PIPELINE_CONFIG_NAME).read_text())
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(
+            folder / "text_encoder", dtype=torch.float32
+        )
         return cls(
             from_pretrained(folder / "base", device),  # type: ignore[arg-type]
             from_pretrained(folder / "upsampler", device),  # type: ignore[arg-type]
@@ -131,12 +135,12 @@ class PointEPipeline:
 
     # ---- generation
 
-    def check_inputs(self, prompt: str, guidance_scale: float, num_steps: int) -> None:
+    def check_inputs(self, prompt: str, guidance_scale: float, num_steps: int | None) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
         if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
-        if not (isinstance(num_steps, int) and num_steps >= 1):
+        if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
 
     @torch.no_grad()
@@ -164,12 +168,12 @@ class PointEPipeline:
 
         seed: seeds a CPU generator (ignored when `generator` is given; random when both are None).
         guidance_scale: classifier-free guidance of the base stage (default 3.0).
-        num_steps: Heun steps of each stage (default 64; each step costs two model calls but the last).
+        num_steps: Heun steps of both stages (default: each stage's own, 64; a step is two model calls,
+            the last step one).
         on_step(stage, i, total): after every step; stage is "base" or "upsample".
         should_stop(): checked before every step; True raises sampler.GenerationStopped.
         """
         guidance_scale = self.base_sampler.guidance_scale if guidance_scale is None else guidance_scale
-        num_steps = self.base_sampler.steps if num_steps is None else num_steps
         # 1. Check inputs
         self.check_inputs(prompt, guidance_scale, num_steps)
         # 2. Encode the prompt
@@ -181,13 +185,18 @@ class PointEPipeline:
                 generator.seed()  # a fresh random seed
             else:
                 generator.manual_seed(seed)
+        base_sampler = dataclasses.replace(self.base_sampler, guidance_scale=guidance_scale)
+        upsampler_sampler = self.upsampler_sampler
+        if num_steps is not None:
+            base_sampler = dataclasses.replace(base_sampler, steps=num_steps)
+            upsampler_sampler = dataclasses.replace(upsampler_sampler, steps=num_steps)
         sampler = PointCloudSampler(
             self.base,
             self.upsampler,
             self.base_diffusion,
             self.upsampler_diffusion,
-            dataclasses.replace(self.base_sampler, guidance_scale=guidance_scale, steps=num_steps),
-            dataclasses.replace(self.upsampler_sampler, steps=num_steps),
+            base_sampler,
+            upsampler_sampler,
         )
         samples = sampler.sample(text_embed, generator, on_step=on_step, should_stop=should_stop)
         # 4. Postprocess: (1, 6, N) -> xyz and 8-bit RGB

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .config import DiffusionConfig, SamplerConfig
 from .diffusion import GaussianDiffusion
-from .model import TextPointDiffusionTransformer, UpsamplePointDiffusionTransformer
+from .model import PointDiffusionTransformer, TextPointDiffusionTransformer, UpsamplePointDiffusionTransformer
 
 OnStep = Callable[[str, int, int], None]  # (stage, steps done, total steps of the stage)
 ShouldStop = Callable[[], bool]
@@ -116,32 +116,39 @@ def gaussian_denoiser(
 
 
 def sample_stage(
-    model: Callable[..., Tensor],
+    model: PointDiffusionTransformer,
     cond: dict[str, Tensor],
     diffusion: GaussianDiffusion,
     config: SamplerConfig,
-    noise: Tensor,
+    noise: Tensor | None = None,
     generator: torch.Generator | None = None,
     stage: str = "sample",
     on_step: OnStep | None = None,
     should_stop: ShouldStop | None = None,
 ) -> Tensor:
-    """One stage: noise (B, C, N) standard normal -> sample (B, C, N) in data space.
+    """One stage -> a sample (B, C, N) in data space.
 
-    cond holds the model's keyword inputs; the unconditional half of a guided batch gets zeros for each.
+    cond: the model's keyword inputs, (B, ...) each; the unconditional half of a guided batch gets zeros.
+    noise: the standard-normal start (B, C, N); drawn from generator when None.
     """
+    device = next(model.parameters()).device
+    if noise is None:
+        # Drawn when the stage starts, after the previous stage's churn noise, as the official sampler does.
+        shape = (next(iter(cond.values())).shape[0], model.config.input_channels, model.config.n_ctx)
+        noise = torch.randn(shape, generator=generator, device=_device_of(generator))
+    cond = {k: v.to(device) for k, v in cond.items()}
     if config.uses_guidance:
         cond = {k: torch.cat([v, torch.zeros_like(v)]) for k, v in cond.items()}
     denoise = gaussian_denoiser(lambda x_t, t: model(x_t, t, **cond), diffusion, config)
-    sigmas = karras_sigmas(config.steps, config.sigma_min, config.sigma_max, config.rho).to(noise.device)
-    x_T = noise * config.sigma_max
+    sigmas = karras_sigmas(config.steps, config.sigma_min, config.sigma_max, config.rho).to(device)
+    x_T = noise.to(device) * config.sigma_max
     x0 = heun_sample(denoise, x_T, sigmas, config, generator, stage, on_step, should_stop)
     return diffusion.unscale_channels(x0)
 
 
 @dataclass
 class PointCloudSampler:
-    """Text vector -> coloured point cloud: the base model samples n_ctx points (1024), then the
+    """Text vector -> coloured point cloud: the base model samples its n_ctx points (1024), then the
     upsampler adds its own n_ctx (3072) conditioned on them. Output channels: xyz, then rgb 0..255."""
 
     base: TextPointDiffusionTransformer
@@ -162,35 +169,30 @@ class PointCloudSampler:
     ) -> Tensor:
         """text_embed: (B, D) unit-norm CLIP text vectors (zeros = unconditional).
 
-        noise: standard-normal starting points for (base, upsampler), (B, C, N_base) and (B, C, N_up);
-        drawn from `generator` in that order when None. Returns (B, C, N_base + N_up), data space.
+        noise: standard-normal starts of (base, upsampler), (B, C, N_base) and (B, C, N_up); drawn
+        from `generator` when None. Returns (B, C, N_base + N_up) in data space.
         """
-        B, C = text_embed.shape[0], self.base.config.input_channels
-        device = next(self.base.parameters()).device
-        stages = (
-            ("base", self.base, self.base_diffusion, self.base_sampler),
-            ("upsample", self.upsampler, self.upsampler_diffusion, self.upsampler_sampler),
-        )
-        low_res: Tensor | None = None
-        for k, (stage, model, diffusion_config, sampler_config) in enumerate(stages):
-            if noise is None:
-                shape = (B, C, model.config.n_ctx)
-                stage_noise = torch.randn(shape, generator=generator, device=_device_of(generator))
-            else:
-                stage_noise = noise[k]
-            cond = {"text_embed": text_embed} if low_res is None else {"low_res": low_res}
-            samples = sample_stage(
-                model,
-                {key: v.to(device) for key, v in cond.items()},
-                GaussianDiffusion(diffusion_config),
-                sampler_config,
-                stage_noise.to(device),
-                generator,
-                stage,
-                on_step,
-                should_stop,
-            )
-            low_res = samples if low_res is None else torch.cat([low_res, samples], dim=-1)
-        assert low_res is not None
-        return low_res
-
+        base_noise, upsampler_noise = (None, None) if noise is None else noise
+        low_res = sample_stage(
+            self.base,
+            {"text_embed": text_embed},
+            GaussianDiffusion(self.base_diffusion),
+            self.base_sampler,
+            base_noise,
+            generator,
+            "base",
+            on_step,
+            should_stop,
+        )  # (B, C, N_base)
+        high_res = sample_stage(
+            self.upsampler,
+            {"low_res": low_res},
+            GaussianDiffusion(self.upsampler_diffusion),
+            self.upsampler_sampler,
+            upsampler_noise,
+            generator,
+            "upsample",
+            on_step,
+            should_stop,
+        )  # (B, C, N_up)
+        return torch.cat([low_res, high_res], dim=-1)

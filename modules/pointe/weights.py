@@ -143,7 +143,8 @@ def save_pretrained(model: PointDiffusionTransformer, folder: str | Path) -> Non
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, folder / WEIGHTS_NAME)
+    state_dict = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state_dict, folder / WEIGHTS_NAME)
 
 
 def from_pretrained(folder: str | Path, device: torch.device | str = "cpu") -> PointDiffusionTransformer:
