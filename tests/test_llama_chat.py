@@ -60,12 +60,8 @@ def embedded_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer
             model.pop("prefer", None)
     catalogue = workdir / "models.yaml"
     catalogue.write_text(yaml.safe_dump(raw))
-    server = AppServer(["--models", str(catalogue)], workdir, env={"HF_HUB_OFFLINE": "1"})
-    try:
-        server.wait_until_serving()
+    with AppServer(["--models", str(catalogue)], workdir, env={"HF_HUB_OFFLINE": "1"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
