@@ -83,6 +83,9 @@ class ModelEntry(_Frozen):
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     name: str = Field(min_length=1, description="short display name")
     wrapper: str = Field(description="which wrapper runs it, see modules/wrappers/__init__.py")
+    prefer: tuple[str, ...] = Field(
+        (), description="faster wrappers tried first, in order, where usable here; `wrapper` is the last resort"
+    )
     source: Source
     dtype: DTypes = DTypes()
     license: str = Field(min_length=1)
@@ -155,16 +158,17 @@ def parse_catalog(raw: object, origin: str, known_wrappers: dict[str, str]) -> C
         more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
         raise CatalogError(f"{origin}: {where}: {first['msg']}{more}") from None
     for task, entry in catalog.entries():
-        if entry.wrapper not in known_wrappers:
-            raise CatalogError(
-                f"{origin}: tasks.{task}[{entry.id}].wrapper: unknown wrapper {entry.wrapper!r}; "
-                f"known: {sorted(known_wrappers)}"
-            )
-        if known_wrappers[entry.wrapper] != task:
-            raise CatalogError(
-                f"{origin}: tasks.{task}[{entry.id}].wrapper: {entry.wrapper!r} serves the "
-                f"{known_wrappers[entry.wrapper]!r} task, not {task!r}"
-            )
+        for field, name in [("wrapper", entry.wrapper), *(("prefer", name) for name in entry.prefer)]:
+            if name not in known_wrappers:
+                raise CatalogError(
+                    f"{origin}: tasks.{task}[{entry.id}].{field}: unknown wrapper {name!r}; "
+                    f"known: {sorted(known_wrappers)}"
+                )
+            if known_wrappers[name] != task:
+                raise CatalogError(
+                    f"{origin}: tasks.{task}[{entry.id}].{field}: {name!r} serves the "
+                    f"{known_wrappers[name]!r} task, not {task!r}"
+                )
     return catalog
 
 

@@ -57,6 +57,18 @@ class AppServer:
     def client(self) -> Client:
         return Client(self.url, verbose=False)
 
+    def __enter__(self) -> AppServer:
+        """`with AppServer(...) as server:` waits until it serves and stops it on the way out."""
+        try:
+            self.wait_until_serving()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.process.terminate()
         try:

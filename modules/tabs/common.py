@@ -83,6 +83,8 @@ def model_notes(wrapper: Wrapper) -> str:
     lines = [f"**Licence:** {entry.license}" + (f" — ⚠️ {entry.license_note}" if entry.license_note else "")]
     if entry.random_weights:
         lines.append("🧪 **Random weights, for testing:** outputs are noise by design.")
+    if wrapper.backend_note:
+        lines.append(f"⚙️ **Backend:** {wrapper.backend_note}")
     missing = wrapper.availability()
     if missing:
         lines.append(f"⚠️ **Not available on this machine yet:** {missing}")

@@ -153,7 +153,14 @@ class Wrapper(ABC):
         self.key = f"{self.task}/{entry.id}"
         self.device = manager.device
         self.defaults = validate_settings(self.settings_schema, dict(entry.defaults))
+        #: Which backend runs this entry and why, when the catalogue offered a choice (see `prefer`).
+        self.backend_note: str | None = None
         manager.register(self)
+
+    @classmethod
+    def unusable_reason(cls, device: str) -> str | None:
+        """Why this wrapper should not be preferred on `device` (e.g. its library is missing); None if usable."""
+        return None
 
     # -- settings ------------------------------------------------------------------------------------
 

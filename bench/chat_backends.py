@@ -1,0 +1,114 @@
+"""Chat tokens/s on the embedded SmolLM2, llama.cpp vs transformers through Atelier, and vs raw llama.cpp.
+
+One app server serves the embedded GGUF twice, once per backend; the same greedy prompt goes to each in
+turn, and to llama.cpp called directly in this process, for several rounds (interleaved, so a noisy
+machine slows all three alike). Speeds are end to end as a client sees them: tokens / request seconds.
+
+    python bench/chat_backends.py [--rounds 3] [--max-new-tokens 128]
+
+Targets (issue 5): llama.cpp / transformers through Atelier >= 4; Atelier llama.cpp / raw llama.cpp >= 0.9.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from modules.catalog import load_catalog  # noqa: E402
+from modules.memory import MemoryManager  # noqa: E402
+from modules.wrappers import wrapper_tasks  # noqa: E402
+from modules.wrappers.llama_chat import LlamaCppChat, cpu_threads  # noqa: E402
+from tests.conftest import AppServer  # noqa: E402
+
+PROMPT = "Tell me a long story about a dragon who learns to paint."
+SYSTEM = "You are a helpful assistant."
+BACKENDS = {"llama.cpp": "llama-cpp-chat", "transformers": "transformers-chat"}
+
+
+def bench_catalogue(folder: Path) -> Path:
+    """The embedded entry twice, one id per backend."""
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    chat = raw["tasks"]["chat"]
+    embedded = next(m for m in chat["models"] if m["id"] == chat["fallback"])
+    models = []
+    for backend, wrapper in BACKENDS.items():
+        entry = {k: v for k, v in embedded.items() if k != "prefer"}
+        models.append({**entry, "id": wrapper, "name": f"{embedded['name']} on {backend}", "wrapper": wrapper})
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump({"tasks": {"chat": {"default": models[0]["id"], "models": models}}}))
+    return path
+
+
+def through_atelier(client, model_id: str, max_new_tokens: int) -> tuple[int, float]:
+    """(tokens, seconds) for one greedy reply, timed by the client from submit to the final message."""
+    started = time.perf_counter()
+    _reply, note = client.predict(PROMPT, model_id, SYSTEM, 0.0, 0.9, max_new_tokens, api_name="/chat")
+    seconds = time.perf_counter() - started
+    tokens = int(re.search(r"(\d+) tokens", note["metadata"]["title"]).group(1))
+    return tokens, seconds
+
+
+def raw_llama(llm, max_new_tokens: int) -> tuple[int, float]:
+    """(tokens, seconds) for the same request straight through llama-cpp-python."""
+    messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": PROMPT}]
+    llm.reset()  # no prompt cache carried over from the last round, as in a fresh app request
+    started = time.perf_counter()
+    reply = llm.create_chat_completion(messages, temperature=0.0, max_tokens=max_new_tokens)
+    return reply["usage"]["completion_tokens"], time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    catalog = load_catalog(ROOT / "models.yaml", wrapper_tasks())
+    entry = catalog.tasks["chat"].get(catalog.tasks["chat"].fallback)
+    wrapper = LlamaCppChat(entry.model_copy(update={"wrapper": "llama-cpp-chat"}), MemoryManager("cpu"))
+    path = wrapper.gguf_path()
+    n_ctx = wrapper.context_for({"general.architecture": "llama", "llama.context_length": LlamaCppChat.max_context})
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=cpu_threads(), n_threads_batch=cpu_threads(), verbose=False)
+
+    with tempfile.TemporaryDirectory() as scratch:
+        serve_args = ["--models", str(bench_catalogue(Path(scratch)))]
+        with AppServer(serve_args, Path(scratch), env={"HF_HUB_OFFLINE": "1"}) as server:
+            client = server.client()
+            for model_id in BACKENDS.values():  # load both and warm up, untimed
+                through_atelier(client, model_id, 8)
+            raw_llama(llm, 8)
+            speeds: dict[str, list[float]] = {name: [] for name in ("raw llama.cpp", *BACKENDS)}
+            for round_ in range(1, args.rounds + 1):
+                runs = {"raw llama.cpp": raw_llama(llm, args.max_new_tokens)}
+                for backend, model_id in BACKENDS.items():
+                    runs[backend] = through_atelier(client, model_id, args.max_new_tokens)
+                line = []
+                for name, (tokens, seconds) in runs.items():
+                    speeds[name].append(tokens / seconds)
+                    line.append(f"{name}: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.1f} tok/s")
+                print(f"round {round_}: " + " | ".join(line), flush=True)
+
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    print(f"\nmedian tokens/s over {args.rounds} rounds, {args.max_new_tokens} new tokens, {cpu_threads()} threads:")
+    for name, value in median.items():
+        print(f"  {name:<28} {value:6.1f}")
+    vs_transformers = median["llama.cpp"] / median["transformers"]
+    vs_raw = median["llama.cpp"] / median["raw llama.cpp"]
+    print(f"llama.cpp / transformers, both through Atelier: {vs_transformers:.2f}x (target >= 4)")
+    print(f"llama.cpp through Atelier / raw llama.cpp:      {vs_raw:.2f}x (target >= 0.9)")
+
+
+if __name__ == "__main__":
+    main()
