@@ -16,6 +16,8 @@ from modules.wrappers.base import Wrapper
 #: wrapper name -> (task, "module:Class")
 WRAPPERS: dict[str, tuple[str, str]] = {
     "transformers-chat": ("chat", "modules.wrappers.chat:TransformersChat"),
+    "diffusers-text-to-image": ("image", "modules.wrappers.text_to_image:DiffusersTextToImage"),
+    "blip-captioning": ("caption", "modules.wrappers.captioning:BlipCaptioner"),
 }
 
 
