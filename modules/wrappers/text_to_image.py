@@ -229,7 +229,9 @@ class DiffusersTextToImage(Wrapper):
 
         name = SCHEDULERS[choice] or type(pipe.scheduler).__name__
         scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
-        return type(pipe).from_pipe(pipe, scheduler=scheduler)
+        view = type(pipe).from_pipe(pipe, scheduler=scheduler)
+        view.set_progress_bar_config(disable=True)
+        return view
 
     def _denoise(
         self,
