@@ -8,7 +8,16 @@ from typing import Any
 
 import gradio as gr
 
-from modules.tabs.common import DEVICE_QUEUE, model_dropdown, model_notes, pick, setting_slider, step_progress, user_errors
+from modules.tabs.common import (
+    DEVICE_QUEUE,
+    model_dropdown,
+    model_notes,
+    pick,
+    setting_slider,
+    step_progress,
+    stepped_outputs,
+    user_errors,
+)
 from modules.wrappers.captioning import CaptionResult, CaptionWrapper
 
 UPLOAD_POLICY = (
@@ -80,11 +89,12 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             "temperature": sampling_temperature,
             "max_length": length,
         }
-        for item in wrapper.generate(image, on_step=step_progress(progress, "Writing"), **settings):
-            if isinstance(item, CaptionResult):
-                yield item.image, item.text, stats_line(item, wrapper.entry.name)
-            else:  # one token: a yield per step lets Stop close this generator promptly
-                yield gr.skip(), gr.skip(), f"Writing: token {item.step} of at most {item.total}"
+        yield from stepped_outputs(
+            wrapper.generate(image, on_step=step_progress(progress, "Writing"), **settings),
+            outputs=3,
+            status=lambda step: f"Writing: token {step.step} of at most {step.total}",
+            finish=lambda result: (result.image, result.text, stats_line(result, wrapper.entry.name)),
+        )
 
     event = run.click(
         describe,

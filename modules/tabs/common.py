@@ -5,14 +5,14 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 
 from modules.memory import MemoryManagerError
-from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Wrapper
+from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Step, Wrapper
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,6 +63,20 @@ def step_progress(progress: gr.Progress, description: str) -> OnStep:
         progress((step, total), desc=description, unit="steps")
 
     return on_step
+
+
+def stepped_outputs(
+    items: Iterable[Any], outputs: int, status: Callable[[Step], str], finish: Callable[[Any], tuple[Any, ...]]
+) -> Iterator[tuple[Any, ...]]:
+    """Relay a wrapper's `Step`s then its result to an event with `outputs` outputs, the last a status line.
+
+    Each step updates only the status: a yield per step also lets Stop close the generator promptly.
+    """
+    for item in items:
+        if isinstance(item, Step):
+            yield (*[gr.skip()] * (outputs - 1), status(item))
+        else:
+            yield finish(item)
 
 
 def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:

@@ -8,7 +8,16 @@ from typing import Any
 
 import gradio as gr
 
-from modules.tabs.common import DEVICE_QUEUE, model_dropdown, model_notes, pick, setting_slider, step_progress, user_errors
+from modules.tabs.common import (
+    DEVICE_QUEUE,
+    model_dropdown,
+    model_notes,
+    pick,
+    setting_slider,
+    step_progress,
+    stepped_outputs,
+    user_errors,
+)
 from modules.wrappers.text_to_image import SCHEDULERS, DiffusersTextToImage, ImageResult
 
 SCHEDULER_CHOICES = [("Model default", "default"), ("Euler", "euler"), ("Euler a", "euler-a"), ("DPM++ 2M", "dpm++-2m"), ("DDIM", "ddim")]
@@ -97,19 +106,24 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
             "scheduler": scheduler_name,
             "seed": -1 if random_seed or seed_value is None else seed_value,
         }
-        for item in wrapper.generate(prompt_text, on_step=step_progress(progress, "Denoising"), **settings):
-            if isinstance(item, ImageResult):
-                paths = [str(image.path) for image in item.images]
-                captions = [f"seed {image.seed}" for image in item.images]
-                yield list(zip(paths, captions)), paths, item.seed, stats_line(item, wrapper.entry.name), None
-            else:  # one step: a yield per step lets Stop close this generator promptly
-                yield gr.skip(), gr.skip(), gr.skip(), f"Denoising: step {item.step} of {item.total}", gr.skip()
+
+        def finish(result: ImageResult) -> tuple[Any, ...]:
+            paths = [str(image.path) for image in result.images]
+            gallery_items = [(path, f"seed {image.seed}") for path, image in zip(paths, result.images)]
+            return gallery_items, paths, result.seed, None, stats_line(result, wrapper.entry.name)
+
+        yield from stepped_outputs(
+            wrapper.generate(prompt_text, on_step=step_progress(progress, "Denoising"), **settings),
+            outputs=5,
+            status=lambda step: f"Denoising: step {step.step} of {step.total}",
+            finish=finish,
+        )
 
     event = gr.on(
         [run.click, prompt.submit],
         generate,
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
-        [gallery, downloads, seed_used, stats, selected],
+        [gallery, downloads, seed_used, selected, stats],
         api_name="generate_image",
         concurrency_id=DEVICE_QUEUE,
     )
