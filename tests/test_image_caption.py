@@ -82,7 +82,7 @@ def test_random_seed_is_reported_and_reproduces_the_same_pixels(tiny_client: Cli
     assert np.array_equal(pixels(first[0]), pixels(again[0])), "the same seed gave different pixels"
     assert "steps/s" in stats and "4 steps" in stats
     progress = [o[-1] for o in outputs if isinstance(o[-1], str) and o[-1].startswith("Denoising")]
-    assert progress[:2] == ["Denoising: step 1 of 4", "Denoising: step 2 of 4"], outputs
+    assert progress and progress[0] == "Denoising: step 1 of 4", outputs  # later steps are throttled
 
 
 def test_png_carries_a1111_parameters_and_batch_seeds_count_up(tiny_client: Client) -> None:
@@ -143,7 +143,7 @@ def test_empty_prompt_is_refused(tiny_client: Client) -> None:
 def test_stop_interrupts_denoising_and_releases_the_lease(tiny_client: Client) -> None:
     job = tiny_client.submit("a long one", "", IMAGE, 150, 5.0, 64, 64, 1, "default", 1, False, api_name="/generate_image")
     deadline = time.monotonic() + 60
-    while not any(isinstance(o[-1], str) and "step 2 of" in o[-1] for o in job.outputs()):
+    while not any(isinstance(o[-1], str) and o[-1].startswith("Denoising: step") for o in job.outputs()):
         assert time.monotonic() < deadline, "no progress before the deadline"
         time.sleep(0.05)
     job.cancel()

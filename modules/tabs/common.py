@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
@@ -19,6 +20,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Every generation event joins this one queue, so a single device serves one request at a time.
 DEVICE_QUEUE = "device"
+#: How often a stepped generation sends its status line (and so how soon Stop can take effect).
+STATUS_SECONDS = 0.25
 USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
 
 
@@ -70,13 +73,18 @@ def stepped_outputs(
 ) -> Iterator[tuple[Any, ...]]:
     """Relay a wrapper's `Step`s then its result to an event with `outputs` outputs, the last a status line.
 
-    Each step updates only the status: a yield per step also lets Stop close the generator promptly.
+    A step updates only the status, at most every `STATUS_SECONDS` (each yield is a message to the
+    browser, which costs more than a tiny model's step). A yield is also where Stop can close the
+    generator, so Stop takes effect within that interval plus one step; the progress bar, fed by
+    `on_step`, still moves every step.
     """
+    last = float("-inf")
     for item in items:
-        if isinstance(item, Step):
-            yield (*[gr.skip()] * (outputs - 1), status(item))
-        else:
+        if not isinstance(item, Step):
             yield finish(item)
+        elif time.monotonic() - last >= STATUS_SECONDS:
+            last = time.monotonic()
+            yield (*[gr.skip()] * (outputs - 1), status(item))
 
 
 def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:
