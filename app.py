@@ -26,6 +26,8 @@ HERE = Path(__file__).resolve().parent
 #: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
 TABS: dict[str, tuple[str, str]] = {
     "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
+    "image": ("🖼️ Image", "modules.tabs.image:build_image_tab"),
+    "caption": ("📝 Caption", "modules.tabs.caption:build_caption_tab"),
 }
 
 
@@ -52,6 +54,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
+    parser.add_argument("--max-image-side", type=int, default=1024, help="largest image width or height a request may ask for")
+    parser.add_argument("--max-image-pixels", type=int, default=40_000_000, help="uploads declaring more pixels are refused")
+    parser.add_argument(
+        "--safety-checker",
+        choices=["on", "off", "auto"],
+        default="auto",
+        help="image safety checker for every model; auto: as models.yaml says per model, on when --share",
+    )
     return parser.parse_args(argv)
 
 
@@ -109,23 +119,27 @@ def build_wrappers(catalog: Catalog, manager: MemoryManager, host: HostSettings)
 def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]]) -> Any:
     import gradio as gr
 
+    from modules.tabs import bridge
     from modules.tabs.system import build_system_tab
 
     with gr.Blocks(title="Atelier") as demo:
         gr.Markdown("# 🎨 Atelier\nEvery generative modality in one place, sharing one memory manager.")
-        for task in TASKS:
-            title, builder_path = TABS.get(task, (task.capitalize(), ""))
-            with gr.Tab(title):
-                group = catalog.tasks.get(task)
-                if group is None or not builder_path:
-                    gr.Markdown(f"No **{task}** models are configured. Add some under `tasks.{task}` in models.yaml.")
-                    continue
-                module_name, function = builder_path.split(":")
-                options = {"fallback": group.fallback} if group.fallback else {}
-                getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
-        with gr.Tab("🖥️ System"):
-            labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
-            build_system_tab(manager, labels)
+        parts: dict[str, Any] = {}  # task -> what its builder returned, for wiring between tabs
+        with gr.Tabs() as tabs:
+            for task in TASKS:
+                title, builder_path = TABS.get(task, (task.capitalize(), ""))
+                with gr.Tab(title, id=task):
+                    group = catalog.tasks.get(task)
+                    if group is None or not builder_path:
+                        gr.Markdown(f"No **{task}** models are configured. Add some under `tasks.{task}` in models.yaml.")
+                        continue
+                    module_name, function = builder_path.split(":")
+                    options = {"fallback": group.fallback} if group.fallback else {}
+                    parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
+            with gr.Tab("🖥️ System", id="system"):
+                labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
+                build_system_tab(manager, labels)
+        bridge.connect(tabs, parts)
     return demo
 
 
@@ -141,7 +155,14 @@ def main(argv: list[str] | None = None) -> None:
         Budget(device, override=args.memory_budget),
         idle_unload_seconds=args.idle_unload * 60 if args.idle_unload else None,
     )
-    host = HostSettings(output_dir=args.outputs, max_prompt_chars=args.max_prompt_chars)
+    host = HostSettings(
+        output_dir=args.outputs,
+        max_prompt_chars=args.max_prompt_chars,
+        max_image_side=args.max_image_side,
+        max_image_pixels=args.max_image_pixels,
+        safety_checker=args.safety_checker,
+        public=args.share,
+    )
     try:
         catalog = load_models(args)
         wrappers = build_wrappers(catalog, manager, host)
@@ -157,7 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         share=args.share,
         auth=auth,
         max_file_size="20mb",
-        allowed_paths=[],
+        allowed_paths=[str(args.outputs)],  # generated files are served from --outputs only
     )
 
 

@@ -92,6 +92,9 @@ class ModelEntry(_Frozen):
     license_note: str | None = Field(None, description="shown prominently where the licence restricts use")
     defaults: dict[str, SettingValue] = Field(default_factory=dict)
     random_weights: bool = Field(False, description="tiny test model: the UI labels it as random weights")
+    safety_checker: Literal["on", "off", "auto"] | None = Field(
+        None, description="image models: run the safety checker (auto: when the app is shared); a flag overrides"
+    )
 
     @property
     def label(self) -> str:

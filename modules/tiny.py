@@ -67,9 +67,116 @@ def build_tiny_chat(folder: Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
+def build_tiny_stable_diffusion(folder: Path) -> None:
+    """diffusers' own dummy Stable Diffusion components, with a byte-level CLIP tokenizer built offline."""
+    import json
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from tokenizers import pre_tokenizers
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=8,
+        norm_num_groups=2,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[4, 8],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2,
+        up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4,
+        norm_num_groups=2,
+    )
+    # The 256 byte-level symbols, the same with the end-of-word mark, then start/end: ids 512 and 513.
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {symbol: i for i, symbol in enumerate(symbols)}
+    vocab |= {symbol + "</w>": 256 + i for i, symbol in enumerate(symbols)}
+    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
+    scratch = folder / ".tokenizer-source"
+    scratch.mkdir()
+    (scratch / "vocab.json").write_text(json.dumps(vocab))
+    (scratch / "merges.txt").write_text("#version: 0.2\n")
+    tokenizer = CLIPTokenizer(str(scratch / "vocab.json"), str(scratch / "merges.txt"), model_max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=8,
+            intermediate_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            projection_dim=8,
+            vocab_size=514,
+            max_position_embeddings=77,
+            bos_token_id=512,
+            eos_token_id=513,
+            pad_token_id=513,
+        )
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
+    )
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    shutil.rmtree(scratch)
+
+
+def build_tiny_blip(folder: Path) -> None:
+    """A 2-layer BLIP captioner on 30x30 images, with a word-level BERT tokenizer built offline."""
+    import torch
+    from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration, BlipImageProcessor, BlipProcessor
+
+    words = "a an the of photo photograph picture cat dog on in with red blue green man woman sitting table".split()
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "[DEC]"]  # BLIP decodes from [DEC]
+    vocab_file = folder / "vocab.txt"
+    vocab_file.write_text("\n".join(tokens) + "\n")
+    tokenizer = BertTokenizer(str(vocab_file), bos_token="[DEC]")
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = BlipConfig(
+        text_config={
+            **layers,
+            "vocab_size": len(tokens),
+            "max_position_embeddings": 160,
+            "bos_token_id": tokens.index("[DEC]"),
+            "pad_token_id": tokens.index("[PAD]"),
+            "sep_token_id": tokens.index("[SEP]"),
+            "eos_token_id": tokens.index("[SEP]"),
+        },
+        vision_config={**layers, "image_size": 30, "patch_size": 2},
+    )
+    torch.manual_seed(0)
+    BlipForConditionalGeneration(config).save_pretrained(folder)
+    BlipProcessor(BlipImageProcessor(size={"height": 30, "width": 30}), tokenizer).save_pretrained(folder)
+
+
 #: task -> (model id, display name, wrapper, builder)
 TINY_BUILDERS: dict[str, tuple[str, str, str, Callable[[Path], None]]] = {
     "chat": ("tiny-chat", "Tiny Llama", "transformers-chat", build_tiny_chat),
+    "image": ("tiny-sd", "Tiny Stable Diffusion", "diffusers-text-to-image", build_tiny_stable_diffusion),
+    "caption": ("tiny-blip", "Tiny BLIP", "blip-captioning", build_tiny_blip),
+}
+
+#: task -> the tiny entry's `defaults`, where the wrapper's own would be slow or wrong for a tiny model
+TINY_DEFAULTS: dict[str, dict[str, float | int | str]] = {
+    "image": {"num_steps": 4, "guidance": 5.0, "width": 64, "height": 64},
+    "caption": {"max_length": 12},
 }
 
 
@@ -95,6 +202,7 @@ def build_tiny_catalog(root: Path | None = None) -> Catalog:
             source=Source(path=str(folder)),
             license="random weights (no licence restrictions)",
             random_weights=True,
+            defaults=TINY_DEFAULTS.get(task, {}),
         )
         tasks[task] = TaskCatalog(default=model_id, models=[entry])
     return Catalog(tasks=tasks)

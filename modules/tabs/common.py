@@ -5,20 +5,23 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 
 from modules.memory import MemoryManagerError
-from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Wrapper
+from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Step, Wrapper
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Every generation event joins this one queue, so a single device serves one request at a time.
 DEVICE_QUEUE = "device"
+#: How often a stepped generation sends its status line (and so how soon Stop can take effect).
+STATUS_SECONDS = 0.25
 USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
 
 
@@ -63,6 +66,25 @@ def step_progress(progress: gr.Progress, description: str) -> OnStep:
         progress((step, total), desc=description, unit="steps")
 
     return on_step
+
+
+def stepped_outputs(
+    items: Iterable[Any], outputs: int, status: Callable[[Step], str], finish: Callable[[Any], tuple[Any, ...]]
+) -> Iterator[tuple[Any, ...]]:
+    """Relay a wrapper's `Step`s then its result to an event with `outputs` outputs, the last a status line.
+
+    A step updates only the status, at most every `STATUS_SECONDS` (each yield is a message to the
+    browser, which costs more than a tiny model's step). A yield is also where Stop can close the
+    generator, so Stop takes effect within that interval plus one step; the progress bar, fed by
+    `on_step`, still moves every step.
+    """
+    last = float("-inf")
+    for item in items:
+        if not isinstance(item, Step):
+            yield finish(item)
+        elif time.monotonic() - last >= STATUS_SECONDS:
+            last = time.monotonic()
+            yield (*[gr.skip()] * (outputs - 1), status(item))
 
 
 def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 WRAPPERS: dict[str, tuple[str, str]] = {
     "transformers-chat": ("chat", "modules.wrappers.chat:TransformersChat"),
     "llama-cpp-chat": ("chat", "modules.wrappers.llama_chat:LlamaCppChat"),
+    "diffusers-text-to-image": ("image", "modules.wrappers.text_to_image:DiffusersTextToImage"),
+    "blip-captioning": ("caption", "modules.wrappers.captioning:BlipCaptioner"),
 }
 
 

@@ -131,11 +131,54 @@ def stream_from_thread(work: Callable[[Callable[[Any], None], threading.Event], 
 
 
 @dataclass(frozen=True)
+class Step:
+    """Progress of a stepped generation: `step` of `total` done."""
+
+    step: int
+    total: int
+
+
+def relay_steps(work: Callable[[OnStep, threading.Event], R], on_step: OnStep | None) -> Generator[Step, None, R]:
+    """Run `work(report, stop)` in a worker thread; yield a `Step` for each report and return its result.
+
+    `on_step` is called in the consumer's thread (where a UI progress bar lives), and closing the
+    generator sets `stop`, which `work` checks every step.
+    """
+    steps = stream_from_thread(lambda emit, stop: work(lambda i, total: emit(Step(i, total)), stop))
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value
+        if on_step is not None:
+            on_step(step.step, step.total)
+        yield step
+
+
+def read_json(folder: Path, name: str) -> dict[str, Any] | None:
+    """A JSON file from a model folder, or None when it is absent or unreadable."""
+    import json
+
+    try:
+        return json.loads((folder / name).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
 class HostSettings:
     """What the host decides for everyone on this server: limits and where outputs go."""
 
     output_dir: Path = Path("outputs")
     max_prompt_chars: int = 10_000
+    #: Largest width or height an image request may ask for (both must also be multiples of 8).
+    max_image_side: int = 1024
+    #: Uploads whose declared size is over this many pixels are refused before they are decoded.
+    max_image_pixels: int = 40_000_000
+    #: "on" or "off" forces the image safety checker for every model; "auto" follows each catalogue entry.
+    safety_checker: str = "auto"
+    #: Whether the app is served beyond this machine (--share); "auto" safety policies turn on then.
+    public: bool = False
 
 
 class Wrapper(ABC):
@@ -282,3 +325,14 @@ class Wrapper(ABC):
 
     def close(self, model: Any) -> None:
         """Torch-only models need nothing beyond dropping the reference."""
+
+    def config_json(self, name: str) -> dict[str, Any] | None:
+        """A config file of this entry read without loading the model (local folder or hub cache), else None."""
+        source = self.entry.source
+        if not source.hub:
+            folder = source.local_folder()
+            return read_json(folder, name) if folder else None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source.hub, name, revision=source.revision)
+        return read_json(Path(cached).parent, Path(cached).name) if isinstance(cached, str) else None

@@ -1,0 +1,116 @@
+"""Caption tab: describe an uploaded picture with the captioning wrappers (BLIP and kin)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from modules.tabs.common import (
+    DEVICE_QUEUE,
+    model_dropdown,
+    model_notes,
+    pick,
+    setting_slider,
+    step_progress,
+    stepped_outputs,
+    user_errors,
+)
+from modules.wrappers.captioning import CaptionResult, CaptionWrapper
+
+UPLOAD_POLICY = (
+    "Any PNG, JPEG, WebP or GIF. Animated images: the first frame is used. EXIF rotation is applied; CMYK, "
+    "palette, 16-bit and transparent images are converted to RGB (transparency onto white)."
+)
+
+
+@dataclass(frozen=True)
+class CaptionTab:
+    """What the bridge to other tabs may touch: the upload, the caption and one button."""
+
+    upload: gr.File
+    caption: gr.Textbox
+    use_button: gr.Button
+
+
+def stats_line(result: CaptionResult, model_name: str) -> str:
+    notes = f" · ℹ️ {'; '.join(result.notes)}" if result.notes else ""
+    return f"⏱ {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
+
+
+def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> CaptionTab:
+    first = wrappers[default]
+    with gr.Row():
+        model = model_dropdown(wrappers, default)
+    model_info = gr.Markdown(model_notes(first))
+    with gr.Row():
+        with gr.Column():
+            upload = gr.File(label="Image", file_types=["image"], type="filepath")
+            gr.Markdown(UPLOAD_POLICY)
+            seen = gr.Image(label="What the model sees", interactive=False, height=256)
+        with gr.Column():
+            prefix = gr.Textbox(label="Caption starts with (optional)", placeholder="a photograph of")
+            decoding = gr.Radio(
+                [("Beam search", "beam"), ("Nucleus sampling", "nucleus")], value=first.defaults.decoding, label="Decoding"
+            )
+            with gr.Row():
+                beams = setting_slider(first, "num_beams", "Beams", step=1)
+                max_length = setting_slider(first, "max_length", "Max length (tokens)", step=1)
+            with gr.Row():
+                top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
+                temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
+            with gr.Row():
+                run = gr.Button("Caption", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+    caption = gr.Textbox(label="Caption", interactive=True, lines=2)
+    stats = gr.Markdown()
+    use_button = gr.Button("🎨 Use as prompt", size="sm")
+
+    @user_errors
+    def describe(
+        image: str | None,
+        model_id: str,
+        prefix_text: str,
+        decoding_name: str,
+        num_beams: float,
+        nucleus_top_p: float,
+        sampling_temperature: float,
+        length: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        wrapper = pick(wrappers, model_id)
+        settings = {
+            "prefix": prefix_text,
+            "decoding": decoding_name,
+            "num_beams": num_beams,
+            "top_p": nucleus_top_p,
+            "temperature": sampling_temperature,
+            "max_length": length,
+        }
+        yield from stepped_outputs(
+            wrapper.generate(image, on_step=step_progress(progress, "Writing"), **settings),
+            outputs=3,
+            status=lambda step: f"Writing: token {step.step} of at most {step.total}",
+            finish=lambda result: (result.image, result.text, stats_line(result, wrapper.entry.name)),
+        )
+
+    event = run.click(
+        describe,
+        [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
+        [seen, caption, stats],
+        api_name="caption",
+        concurrency_id=DEVICE_QUEUE,
+    )
+    stop.click(None, cancels=[event], api_visibility="private")
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        wrapper = pick(wrappers, model_id)
+        d = wrapper.defaults
+        return model_notes(wrapper), d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
+
+    model.change(
+        adopt_defaults, model, [model_info, decoding, beams, top_p, temperature, max_length], api_visibility="private"
+    )
+    return CaptionTab(upload=upload, caption=caption, use_button=use_button)

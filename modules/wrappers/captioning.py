@@ -1,0 +1,151 @@
+"""Image captioning: the contract every captioner follows, and the BLIP backend.
+
+transformers 5 removed the `image-to-text` pipeline, so BLIP runs as `BlipProcessor` +
+`BlipForConditionalGeneration` directly. Another captioner (Florence-2, say) subclasses `CaptionWrapper`
+and supplies `load`, `modules_of` and `_caption`; validation of the upload, the lease, timing, progress
+and stopping live here once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import Field
+
+from modules.wrappers.base import OnStep, Settings, Step, Wrapper, check_prompt, relay_steps
+from modules.wrappers.images import LoadedImage, load_image
+
+
+class CaptionSettings(Settings):
+    prefix: str = Field("", max_length=500, description="optional start of the caption, e.g. 'a photograph of'")
+    decoding: Literal["beam", "nucleus"] = Field("beam", description="beam search (steady) or nucleus sampling (varied)")
+    num_beams: int = Field(3, ge=1, le=8, description="beams for beam search")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="nucleus sampling: keep the likeliest tokens up to this mass")
+    temperature: float = Field(1.0, gt=0.0, le=2.0, description="nucleus sampling temperature")
+    max_length: int = Field(40, ge=4, le=128, description="most tokens to add after the prefix")
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    text: str
+    tokens: int
+    seconds: float
+    image: Any  # the RGB, upright picture the model saw (PIL)
+    notes: tuple[str, ...]  # what was done to the upload (first frame of an animation, EXIF rotation, ...)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class CaptionWrapper(Wrapper):
+    task = "caption"
+    settings_schema = CaptionSettings
+
+    def check_inputs(self, image: object, settings: CaptionSettings) -> LoadedImage:
+        """The upload decoded and normalised; raises InvalidInput naming what is wrong with it."""
+        if settings.prefix.strip():
+            check_prompt(settings.prefix, self.host.max_prompt_chars, name="prefix")
+        return load_image(image, self.host.max_image_pixels)  # type: ignore[arg-type]
+
+    def working_bytes(self, settings: CaptionSettings) -> int:
+        """Declared to the memory manager: vision activations plus the decoder's cache for every beam."""
+        config = self.config_json("config.json") or {}
+        text, vision = config.get("text_config") or {}, config.get("vision_config") or {}
+        patches = (vision.get("image_size", 384) // vision.get("patch_size", 16)) ** 2 + 1
+        element = 4 if self.dtype_name == "float32" else 2
+        vision_bytes = patches * vision.get("hidden_size", 1024) * vision.get("num_hidden_layers", 24) * 8 * element
+        beams = settings.num_beams if settings.decoding == "beam" else 1
+        length = settings.max_length + patches  # self- and cross-attention caches
+        text_bytes = beams * length * text.get("hidden_size", 768) * text.get("num_hidden_layers", 12) * 4 * element
+        return vision_bytes + text_bytes
+
+    def generate(self, image: object, on_step: OnStep | None = None, **overrides: Any) -> Iterator[Step | CaptionResult]:
+        """Yield a `Step` per generated token, then one `CaptionResult`; closing the generator stops it."""
+        # 1. Check inputs: decode and validate the upload before any model is touched
+        settings = self.settings(**overrides)
+        loaded = self.check_inputs(image, settings)
+        # 2. Caption inside a lease
+        yield from self.manager.stream(
+            self, lambda model: self._timed(model, loaded, settings, on_step), working_bytes=self.working_bytes(settings)
+        )
+
+    def _timed(
+        self, model: Any, loaded: LoadedImage, settings: CaptionSettings, on_step: OnStep | None
+    ) -> Iterator[Step | CaptionResult]:
+        started = time.perf_counter()
+        text, tokens = yield from relay_steps(
+            lambda report, stop: self._caption(model, loaded.image, settings, report, stop), on_step
+        )
+        yield CaptionResult(text.strip(), tokens, time.perf_counter() - started, loaded.image, loaded.notes)
+
+    @abstractmethod
+    def _caption(
+        self, model: Any, image: Any, settings: CaptionSettings, report: OnStep, stop: threading.Event
+    ) -> tuple[str, int]:
+        """Caption an RGB PIL image in the worker thread: report each token, end soon after `stop` is set."""
+
+
+@dataclass
+class LoadedBlip:
+    model: Any
+    processor: Any
+
+
+class BlipCaptioner(CaptionWrapper):
+    """Salesforce BLIP (base or large), or any checkpoint of the same classes."""
+
+    def load(self, device: str) -> LoadedBlip:
+        from transformers import BlipForConditionalGeneration, BlipProcessor
+
+        location, options = self.location()
+        processor = self.loading(lambda: BlipProcessor.from_pretrained(location, **options))
+        model = self.loading(
+            lambda: BlipForConditionalGeneration.from_pretrained(location, dtype=self.torch_dtype(), **options)
+        )
+        return LoadedBlip(model.to(device).eval(), processor)
+
+    def modules_of(self, model: LoadedBlip) -> list[Any]:
+        return [model.model]
+
+    def _caption(
+        self, model: LoadedBlip, image: Any, settings: CaptionSettings, report: OnStep, stop: threading.Event
+    ) -> tuple[str, int]:
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        inputs = model.processor(images=image, text=settings.prefix.strip() or None, return_tensors="pt")
+        inputs = _to(inputs, model.model)
+        start = inputs["input_ids"].shape[1] - 1 if "input_ids" in inputs else 1  # BLIP drops the prompt's [SEP]
+
+        class ReportAndStop(StoppingCriteria):
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+                report(min(input_ids.shape[1] - start, settings.max_length), settings.max_length)
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        decoding = (
+            {"num_beams": settings.num_beams, "do_sample": False}
+            if settings.decoding == "beam"
+            else {"do_sample": True, "top_p": settings.top_p, "temperature": settings.temperature, "num_beams": 1}
+        )
+        with torch.inference_mode():
+            ids = model.model.generate(
+                **inputs,
+                max_new_tokens=settings.max_length,
+                stopping_criteria=StoppingCriteriaList([ReportAndStop()]),
+                **decoding,
+            )
+        text = model.processor.decode(ids[0], skip_special_tokens=True)
+        return text, int(ids.shape[1] - start)
+
+
+def _to(inputs: Any, model: Any) -> Any:
+    """Move processor outputs to the model's device; only the pixels take the model's dtype."""
+    moved = inputs.to(model.device)
+    moved["pixel_values"] = moved["pixel_values"].to(model.dtype)
+    return moved

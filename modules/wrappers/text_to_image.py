@@ -1,0 +1,288 @@
+"""Text-to-image with diffusers: any pipeline `AutoPipelineForText2Image` can build from a catalogue entry.
+
+Components: the loaded object is the diffusers pipeline itself (UNet or transformer, VAE, text encoders,
+tokenizers, scheduler, and a safety checker where the model ships one and the policy wants it). Each
+request gets its own view of it (`from_pipe`), so a scheduler choice never leaks into another request.
+
+Safety-checker policy: `--safety-checker on|off` decides for every model; with `auto` (the default) each
+entry's `safety_checker` in models.yaml decides, and an entry that says `auto` (or nothing) is checked
+when the app is public (`--share`). A model that ships no checker cannot run where one is required.
+
+Every PNG written records its parameters in a `parameters` text chunk, in the format AUTOMATIC1111
+writes, so other tools read them back.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from modules.wrappers.base import (
+    InvalidInput,
+    ModelUnavailable,
+    OnStep,
+    Settings,
+    Wrapper,
+    check_prompt,
+    Step,
+    relay_steps,
+)
+
+SchedulerName = Literal["default", "euler", "euler-a", "dpm++-2m", "ddim"]
+#: scheduler choice -> diffusers class name ("default" keeps the model's own)
+SCHEDULERS: dict[str, str | None] = {
+    "default": None,
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++-2m": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+}
+#: diffusers class -> the sampler name AUTOMATIC1111 writes in its parameters
+SAMPLER_NAMES = {
+    "EulerDiscreteScheduler": "Euler",
+    "EulerAncestralDiscreteScheduler": "Euler a",
+    "DPMSolverMultistepScheduler": "DPM++ 2M",
+    "DDIMScheduler": "DDIM",
+    "PNDMScheduler": "PLMS",
+    "LMSDiscreteScheduler": "LMS",
+}
+MAX_SEED = 2**32 - 1
+#: Activation bytes per latent position, per image, per guidance branch, per UNet base channel and per
+#: byte of dtype: an upper estimate (SD 1.5 at 512x512 in fp16 with guidance: about 2 GiB).
+WORK_PER_CHANNEL = 400
+
+
+class ImageSettings(Settings):
+    negative_prompt: str = Field("", max_length=10_000, description="what to steer away from (needs guidance > 1)")
+    num_steps: int = Field(25, ge=1, le=150, description="denoising steps")
+    guidance: float = Field(7.5, ge=0.0, le=30.0, description="classifier-free guidance scale; 0 for turbo models")
+    width: int = Field(512, ge=64, le=4096, multiple_of=8)
+    height: int = Field(512, ge=64, le=4096, multiple_of=8)
+    batch: int = Field(1, ge=1, le=8, description="images per request")
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; image i uses seed + i")
+    scheduler: SchedulerName = "default"
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    path: Path
+    seed: int
+    parameters: str
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    images: list[GeneratedImage]
+    seconds: float
+    steps: int
+    sampler: str
+    withheld: int  # images the safety checker flagged; they are neither shown nor saved
+
+    @property
+    def seed(self) -> int:
+        return self.images[0].seed if self.images else -1
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.steps / self.seconds if self.seconds > 0 else 0.0
+
+
+def parameters_text(prompt: str, settings: ImageSettings, seed: int, sampler: str, model: str) -> str:
+    """The generation parameters as AUTOMATIC1111 writes them in a PNG's `parameters` chunk."""
+    return (
+        f"{prompt}\nNegative prompt: {settings.negative_prompt}\n"
+        f"Steps: {settings.num_steps}, Sampler: {sampler}, CFG scale: {settings.guidance:g}, Seed: {seed}, "
+        f"Size: {settings.width}x{settings.height}, Model: {model}"
+    )
+
+
+class DiffusersTextToImage(Wrapper):
+    task = "image"
+    settings_schema = ImageSettings
+
+    # -- policy ----------------------------------------------------------------------------------
+
+    def safety_required(self) -> bool:
+        chosen = self.host.safety_checker
+        if chosen == "auto":
+            chosen = self.entry.safety_checker or "auto"
+        return self.host.public if chosen == "auto" else chosen == "on"
+
+    def ships_safety_checker(self) -> bool | None:
+        """Whether the model's files include a safety checker (None: unknown until downloaded)."""
+        index = self.config_json("model_index.json")
+        if index is None:
+            return None
+        component = index.get("safety_checker")
+        return bool(component and component[0])
+
+    def safety_note(self) -> str:
+        required, ships = self.safety_required(), self.ships_safety_checker()
+        why = {
+            "on": "this server requires it (--safety-checker on)",
+            "off": "this server turns it off (--safety-checker off)",
+        }.get(self.host.safety_checker)
+        if why is None:
+            policy = self.entry.safety_checker or "auto"
+            why = (
+                f"models.yaml sets it {policy} for this model"
+                if policy != "auto"
+                else ("the app is shared publicly" if self.host.public else "the app is private; it turns on with --share")
+            )
+        if required and ships is False:
+            return f"🛡️ **Safety checker: required** ({why}), but this model ships none, so it cannot generate here."
+        if required:
+            return f"🛡️ **Safety checker: on** ({why}); flagged images are withheld."
+        return f"🛡️ **Safety checker: off** ({why})."
+
+    # -- 1. check inputs -------------------------------------------------------------------------
+
+    def check_inputs(self, prompt: object, settings: ImageSettings) -> str:
+        text = check_prompt(prompt, self.host.max_prompt_chars)
+        limit = self.host.max_image_side
+        for name in ("width", "height"):
+            value = getattr(settings, name)
+            if value > limit:
+                raise InvalidInput(f"{name}={value} is over this server's limit of {limit} pixels (--max-image-side)")
+        if self.safety_required() and self.ships_safety_checker() is False:
+            raise InvalidInput(
+                f"model={self.entry.id!r}: this server requires a safety checker and {self.entry.name} ships none"
+            )
+        return text
+
+    def working_bytes(self, settings: ImageSettings) -> int:
+        """Declared to the memory manager: grows with width x height, batch and the guidance branches."""
+        unet = self.config_json("unet/config.json") or {}
+        base_channels = (unet.get("block_out_channels") or [320])[0]
+        branches = 2 if settings.guidance > 1 else 1
+        positions = (settings.width // 8) * (settings.height // 8)  # latent pixels (VAE factor 8)
+        element = 4 if self.dtype_name == "float32" else 2
+        return settings.batch * branches * positions * base_channels * WORK_PER_CHANNEL * element
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def load(self, device: str) -> Any:
+        from diffusers import AutoPipelineForText2Image
+
+        location, options = self.location()
+        if not self.safety_required():
+            # Not loading the checker at all saves its ~1.2 GB; pipelines without one ignore this.
+            options |= {"safety_checker": None, "requires_safety_checker": False}
+        # Never run code shipped with a model: a public link must not execute a stranger's repo.
+        options["trust_remote_code"] = False
+        pipe = self.loading(lambda: AutoPipelineForText2Image.from_pretrained(location, dtype=self.torch_dtype(), **options))
+        if self.safety_required() and getattr(pipe, "safety_checker", None) is None:
+            raise ModelUnavailable(f"{self.entry.name} ships no safety checker, and this server requires one")
+        pipe.set_progress_bar_config(disable=True)
+        return pipe.to(device)
+
+    def modules_of(self, model: Any) -> list[Any]:
+        import torch
+
+        return [component for component in model.components.values() if isinstance(component, torch.nn.Module)]
+
+    def move(self, model: Any, device: str) -> Any:
+        return model.to(device)
+
+    # -- generate ----------------------------------------------------------------------------------
+
+    def generate(
+        self, prompt: str, on_step: OnStep | None = None, **overrides: Any
+    ) -> Iterator[Step | ImageResult]:
+        """Yield a `Step` per denoising step, then one `ImageResult`; closing the generator stops it."""
+        # 1. Check inputs
+        settings = self.settings(**overrides)
+        prompt = self.check_inputs(prompt, settings)
+        # 2. Pick the seeds: image i of a batch uses seed + i, so each one can be remade alone
+        first = settings.seed if settings.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        seeds = [(first + i) % (MAX_SEED + 1) for i in range(settings.batch)]
+        # 3. Denoise inside a lease that declares the latents' and activations' memory
+        yield from self.manager.stream(
+            self,
+            lambda pipe: self._timed(pipe, prompt, settings, seeds, on_step),
+            working_bytes=self.working_bytes(settings),
+        )
+
+    def _timed(
+        self, pipe: Any, prompt: str, settings: ImageSettings, seeds: list[int], on_step: OnStep | None
+    ) -> Iterator[Step | ImageResult]:
+        started = time.perf_counter()
+        request_pipe = self._with_scheduler(pipe, settings.scheduler)
+        output = yield from relay_steps(
+            lambda report, stop: self._denoise(request_pipe, prompt, settings, seeds, report, stop), on_step
+        )
+        seconds = time.perf_counter() - started
+        # 4. Postprocess: save PNGs carrying their parameters
+        yield self.postprocess(output, prompt, settings, seeds, request_pipe, seconds)
+
+    def _with_scheduler(self, pipe: Any, choice: str) -> Any:
+        """A view of the pipeline with a fresh scheduler (schedulers keep per-run state)."""
+        import diffusers
+
+        name = SCHEDULERS[choice] or type(pipe.scheduler).__name__
+        scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
+        view = type(pipe).from_pipe(pipe, scheduler=scheduler)
+        view.set_progress_bar_config(disable=True)
+        return view
+
+    def _denoise(
+        self,
+        pipe: Any,
+        prompt: str,
+        settings: ImageSettings,
+        seeds: list[int],
+        report: OnStep,
+        stop: threading.Event,
+    ) -> Any:
+        import torch
+
+        def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+            report(index + 1, getattr(pipeline, "num_timesteps", settings.num_steps))
+            if stop.is_set():
+                pipeline._interrupt = True  # diffusers checks it before the next step
+            return {}
+
+        # Noise is drawn on the CPU, so a seed gives the same image on every device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        with torch.inference_mode():
+            return pipe(
+                prompt=prompt,
+                negative_prompt=settings.negative_prompt or None,
+                num_inference_steps=settings.num_steps,
+                guidance_scale=settings.guidance,
+                width=settings.width,
+                height=settings.height,
+                num_images_per_prompt=settings.batch,
+                generator=generators,
+                callback_on_step_end=on_step_end,
+            )
+
+    def postprocess(
+        self, output: Any, prompt: str, settings: ImageSettings, seeds: list[int], pipe: Any, seconds: float
+    ) -> ImageResult:
+        from PIL.PngImagePlugin import PngInfo
+
+        sampler = SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
+        folder = self.host.output_dir / "images"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        images = []
+        for image, seed, withheld in zip(output.images, seeds, flagged):
+            if withheld:
+                continue
+            parameters = parameters_text(prompt, settings, seed, sampler, self.entry.id)
+            info = PngInfo()
+            info.add_text("parameters", parameters)
+            path = folder / f"{stamp}-{seed}-{uuid.uuid4().hex[:6]}.png"
+            image.save(path, pnginfo=info)
+            images.append(GeneratedImage(path, seed, parameters))
+        return ImageResult(images, seconds, settings.num_steps, sampler, withheld=sum(map(bool, flagged)))
