@@ -56,11 +56,11 @@ def user_errors(fn: F) -> F:
     return plain  # type: ignore[return-value]
 
 
-def step_progress(progress: gr.Progress, description: str) -> OnStep:
-    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar."""
+def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
+    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar (`scale` converts steps to `unit`)."""
 
     def on_step(step: int, total: int) -> None:
-        progress((step, total), desc=description, unit="steps")
+        progress((round(step * scale, 2), round(total * scale, 2)), desc=description, unit=unit)
 
     return on_step
 
@@ -99,10 +99,35 @@ def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | No
     return low, high
 
 
+def checked_number(payload: Any, label: str | None) -> None:
+    """Sliders and number boxes reject non-numbers from API callers with a message naming the field."""
+    if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+        raise gr.Error(f"{label}={payload!r} is not a number", print_exception=False)
+
+
+class SettingSlider(gr.Slider):
+    """A slider whose out-of-range and non-numeric errors name the setting."""
+
+    def preprocess(self, payload: float) -> float:
+        checked_number(payload, self.label)
+        try:
+            return super().preprocess(payload)
+        except gr.Error as exc:
+            raise gr.Error(f"{self.label}: {exc.message}", print_exception=False) from None
+
+
+class SettingNumber(gr.Number):
+    """A number box whose non-numeric errors name the setting."""
+
+    def preprocess(self, payload: float | None) -> float | int | None:
+        checked_number(payload, self.label)
+        return super().preprocess(payload)
+
+
 def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum: float | None = None) -> gr.Slider:
     """A slider whose range comes from the wrapper's settings schema and whose value is the entry's default."""
     low, high = _bounds(type(wrapper.defaults), name)
-    return gr.Slider(
+    return SettingSlider(
         minimum=low if low is not None else 0,
         maximum=maximum if maximum is not None else high,
         value=getattr(wrapper.defaults, name),
