@@ -16,6 +16,8 @@ from modules.wrappers.base import Wrapper
 #: wrapper name -> (task, "module:Class")
 WRAPPERS: dict[str, tuple[str, str]] = {
     "transformers-chat": ("chat", "modules.wrappers.chat:TransformersChat"),
+    "transformers-musicgen": ("music", "modules.wrappers.text_to_music:TransformersMusicgen"),
+    "transformers-musicgen-melody": ("music", "modules.wrappers.text_to_music:TransformersMusicgenMelody"),
 }
 
 
