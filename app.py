@@ -26,6 +26,7 @@ HERE = Path(__file__).resolve().parent
 #: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
 TABS: dict[str, tuple[str, str]] = {
     "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
+    "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
 }
 
 
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-unload", type=float, metavar="MINUTES", help="unload models idle this long (off by default)")
     parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
+    parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest music a request may ask for")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
     return parser.parse_args(argv)
 
@@ -135,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
         Budget(device, override=args.memory_budget),
         idle_unload_seconds=args.idle_unload * 60 if args.idle_unload else None,
     )
-    host = HostSettings(output_dir=args.outputs, max_prompt_chars=args.max_prompt_chars)
+    host = HostSettings(
+        output_dir=args.outputs, max_prompt_chars=args.max_prompt_chars, max_audio_seconds=args.max_audio_seconds
+    )
     demo = build_app(catalog, manager, host)
     auth = parse_auth(args.auth)
     if args.share and not auth:
