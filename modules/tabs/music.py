@@ -116,7 +116,12 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             "guidance": guidance_value,
         }
         frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
-        on_step = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
+        to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
+
+        def on_step(frame: int, frames: int) -> None:
+            if frame % 5 == 0 or frame == frames:  # every 0.1 s of audio is plenty for a progress bar
+                to_bar(frame, frames)
+
         quiet = (gr.skip(),) * (len(players) + 1)
         for item in wrapper.generate(prompt_text, on_step=on_step, **settings):
             if not item.done:
