@@ -99,39 +99,39 @@ def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | No
     return low, high
 
 
-def checked_number(payload: Any, label: str | None) -> None:
-    """Sliders and number boxes reject non-numbers from API callers with a message naming the field."""
-    if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
-        raise gr.Error(f"{label}={payload!r} is not a number", print_exception=False)
+C = TypeVar("C", gr.Slider, gr.Number)
 
 
-class SettingSlider(gr.Slider):
-    """A slider whose out-of-range and non-numeric errors name the setting."""
+def named_errors(component: C) -> C:
+    """Make a slider or number box name itself when an API caller sends a non-number or an out-of-range value.
 
-    def preprocess(self, payload: float) -> float:
-        checked_number(payload, self.label)
+    The instance's `preprocess` is wrapped rather than the class subclassed: Gradio writes a `.pyi` stub
+    beside any module that subclasses a component.
+    """
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            raise gr.Error(f"{component.label}={payload!r} is not a number", print_exception=False)
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error as exc:
-            raise gr.Error(f"{self.label}: {exc.message}", print_exception=False) from None
+            raise gr.Error(f"{component.label}: {exc.message}", print_exception=False) from None
 
-
-class SettingNumber(gr.Number):
-    """A number box whose non-numeric errors name the setting."""
-
-    def preprocess(self, payload: float | None) -> float | int | None:
-        checked_number(payload, self.label)
-        return super().preprocess(payload)
+    component.preprocess = checked  # type: ignore[method-assign]
+    return component
 
 
 def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum: float | None = None) -> gr.Slider:
     """A slider whose range comes from the wrapper's settings schema and whose value is the entry's default."""
     low, high = _bounds(type(wrapper.defaults), name)
-    return SettingSlider(
-        minimum=low if low is not None else 0,
-        maximum=maximum if maximum is not None else high,
-        value=getattr(wrapper.defaults, name),
-        step=step,
-        label=label,
-        info=type(wrapper.defaults).model_fields[name].description,
+    return named_errors(
+        gr.Slider(
+            minimum=low if low is not None else 0,
+            maximum=maximum if maximum is not None else high,
+            value=getattr(wrapper.defaults, name),
+            step=step,
+            label=label,
+            info=type(wrapper.defaults).model_fields[name].description,
+        )
     )

@@ -13,9 +13,9 @@ import numpy as np
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
-    SettingNumber,
     model_dropdown,
     model_notes,
+    named_errors,
     pick,
     setting_slider,
     step_progress,
@@ -60,7 +60,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
             with gr.Row():
-                seed = SettingNumber(first.defaults.seed, label="Seed", precision=0, minimum=0)
+                seed = named_errors(gr.Number(first.defaults.seed, label="Seed", precision=0, minimum=0))
                 randomize = gr.Checkbox(True, label="New random seed each time")
             with gr.Accordion("Sampling", open=False):
                 top_k = setting_slider(first, "top_k", "Top-k", step=1)
