@@ -28,6 +28,7 @@ TABS: dict[str, tuple[str, str]] = {
     "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
     "image": ("🖼️ Image", "modules.tabs.image:build_image_tab"),
     "caption": ("📝 Caption", "modules.tabs.caption:build_caption_tab"),
+    "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
 }
 
 
@@ -53,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--idle-unload", type=float, metavar="MINUTES", help="unload models idle this long (off by default)")
     parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
+    parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest music a request may ask for")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
     parser.add_argument("--max-image-side", type=int, default=1024, help="largest image width or height a request may ask for")
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000, help="uploads declaring more pixels are refused")
@@ -162,6 +164,7 @@ def main(argv: list[str] | None = None) -> None:
         max_image_pixels=args.max_image_pixels,
         safety_checker=args.safety_checker,
         public=args.share,
+        max_audio_seconds=args.max_audio_seconds,
     )
     try:
         catalog = load_models(args)

@@ -166,11 +166,59 @@ def build_tiny_blip(folder: Path) -> None:
     BlipProcessor(BlipImageProcessor(size={"height": 30, "width": 30}), tokenizer).save_pretrained(folder)
 
 
+def build_tiny_music(folder: Path) -> None:
+    """A tiny MusicGen: T5 text encoder, EnCodec at 32 kHz (50 frames/s), a 4-codebook decoder."""
+    import torch
+    from transformers import (
+        EncodecConfig,
+        EncodecFeatureExtractor,
+        MusicgenConfig,
+        MusicgenDecoderConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenProcessor,
+        T5Config,
+        T5Tokenizer,
+    )
+
+    words = "a an the of and with in on music song beat drums bass guitar piano synth jazz rock pop ambient lofi calm fast slow happy sad epic techno house melody violin orchestra chill".split()
+    letters = "abcdefghijklmnopqrstuvwxyz0123456789"
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + word, -float(rank)) for rank, word in enumerate(words, 1)]
+    vocab += [(piece, -100.0) for piece in ["\u2581", *letters]]
+    tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0)
+    codebook_size = 128
+    config = MusicgenConfig(
+        text_encoder=T5Config(
+            vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=2, num_heads=4,
+            pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        ),
+        # musicgen's EnCodec: 32 kHz, hop 8*5*4*4 = 640 samples -> 50 frames/s; non-causal convs, 2-layer LSTM.
+        audio_encoder=EncodecConfig(
+            sampling_rate=32000, upsampling_ratios=[8, 5, 4, 4], target_bandwidths=[2.2], codebook_size=codebook_size,
+            hidden_size=16, num_filters=4, use_causal_conv=False, use_conv_shortcut=False,
+        ),
+        decoder=MusicgenDecoderConfig(
+            vocab_size=codebook_size, hidden_size=16, num_hidden_layers=2, num_attention_heads=4, ffn_dim=32,
+            num_codebooks=4, pad_token_id=codebook_size, bos_token_id=codebook_size,
+        ),
+    )
+    torch.manual_seed(0)
+    model = MusicgenForConditionalGeneration(config)
+    for layer in model.audio_encoder.quantizer.layers:  # codebooks start at zero: every code would sound alike
+        layer.codebook.embed.normal_()
+    generation = model.generation_config  # as the facebook/musicgen-* checkpoints ship it
+    generation.decoder_start_token_id = generation.pad_token_id = codebook_size
+    generation.do_sample, generation.guidance_scale, generation.max_length = True, 3.0, 1503
+    model.save_pretrained(folder)
+    MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=32000), tokenizer).save_pretrained(folder)
+
+
 #: task -> (model id, display name, wrapper, builder)
 TINY_BUILDERS: dict[str, tuple[str, str, str, Callable[[Path], None]]] = {
     "chat": ("tiny-chat", "Tiny Llama", "transformers-chat", build_tiny_chat),
     "image": ("tiny-sd", "Tiny Stable Diffusion", "diffusers-text-to-image", build_tiny_stable_diffusion),
     "caption": ("tiny-blip", "Tiny BLIP", "blip-captioning", build_tiny_blip),
+    "music": ("tiny-musicgen", "Tiny MusicGen", "transformers-musicgen", build_tiny_music),
 }
 
 #: task -> the tiny entry's `defaults`, where the wrapper's own would be slow or wrong for a tiny model

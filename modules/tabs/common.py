@@ -59,11 +59,11 @@ def user_errors(fn: F) -> F:
     return plain  # type: ignore[return-value]
 
 
-def step_progress(progress: gr.Progress, description: str) -> OnStep:
-    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar."""
+def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
+    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar (`scale` converts steps to `unit`)."""
 
     def on_step(step: int, total: int) -> None:
-        progress((step, total), desc=description, unit="steps")
+        progress((round(step * scale, 2), round(total * scale, 2)), desc=description, unit=unit)
 
     return on_step
 
@@ -123,14 +123,39 @@ def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | No
     return low, high
 
 
+C = TypeVar("C", gr.Slider, gr.Number)
+
+
+def named_errors(component: C) -> C:
+    """Make a slider or number box name itself when an API caller sends a non-number or an out-of-range value.
+
+    The instance's `preprocess` is wrapped rather than the class subclassed: Gradio writes a `.pyi` stub
+    beside any module that subclasses a component.
+    """
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
+        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            raise gr.Error(f"{component.label}={payload!r} is not a number", print_exception=False)
+        try:
+            return preprocess(payload)
+        except gr.Error as exc:
+            raise gr.Error(f"{component.label}: {exc.message}", print_exception=False) from None
+
+    component.preprocess = checked  # type: ignore[method-assign]
+    return component
+
+
 def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum: float | None = None) -> gr.Slider:
     """A slider whose range comes from the wrapper's settings schema and whose value is the entry's default."""
     low, high = _bounds(type(wrapper.defaults), name)
-    return gr.Slider(
-        minimum=low if low is not None else 0,
-        maximum=maximum if maximum is not None else high,
-        value=getattr(wrapper.defaults, name),
-        step=step,
-        label=label,
-        info=type(wrapper.defaults).model_fields[name].description,
+    return named_errors(
+        gr.Slider(
+            minimum=low if low is not None else 0,
+            maximum=maximum if maximum is not None else high,
+            value=getattr(wrapper.defaults, name),
+            step=step,
+            label=label,
+            info=type(wrapper.defaults).model_fields[name].description,
+        )
     )

@@ -22,6 +22,8 @@ WRAPPERS: dict[str, tuple[str, str]] = {
     "llama-cpp-chat": ("chat", "modules.wrappers.llama_chat:LlamaCppChat"),
     "diffusers-text-to-image": ("image", "modules.wrappers.text_to_image:DiffusersTextToImage"),
     "blip-captioning": ("caption", "modules.wrappers.captioning:BlipCaptioner"),
+    "transformers-musicgen": ("music", "modules.wrappers.text_to_music:TransformersMusicgen"),
+    "transformers-musicgen-melody": ("music", "modules.wrappers.text_to_music:TransformersMusicgenMelody"),
 }
 
 

@@ -11,6 +11,7 @@ before any of them is loaded.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import queue
 import socket
@@ -103,7 +104,9 @@ def stream_from_thread(work: Callable[[Callable[[Any], None], threading.Event], 
     """Run `work(emit, stop)` in a worker thread, yield what it emits and return what it returns.
 
     Closing the generator (a Stop button, a dropped connection) sets `stop` and waits for the worker, so
-    a lease held around this loop is released only after the work has really ended.
+    a lease held around this loop is released only after the work has really ended. The worker runs in
+    a copy of the caller's context, so callbacks it makes (e.g. `on_step` feeding a progress bar) see
+    the same request.
     """
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
     stop = threading.Event()
@@ -114,7 +117,8 @@ def stream_from_thread(work: Callable[[Callable[[Any], None], threading.Event], 
         except BaseException as exc:  # handed to the consumer thread, which re-raises it
             events.put(("error", exc))
 
-    worker = threading.Thread(target=target, name="atelier-work", daemon=True)
+    context = contextvars.copy_context()
+    worker = threading.Thread(target=context.run, args=(target,), name="atelier-work", daemon=True)
     worker.start()
     try:
         while True:
@@ -179,6 +183,8 @@ class HostSettings:
     safety_checker: str = "auto"
     #: Whether the app is served beyond this machine (--share); "auto" safety policies turn on then.
     public: bool = False
+    #: Longest music request, in seconds of audio.
+    max_audio_seconds: float = 30.0
 
 
 class Wrapper(ABC):

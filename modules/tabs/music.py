@@ -1,0 +1,144 @@
+"""Music tab: MusicGen text-to-music that plays while it is generated, then a WAV per prompt."""
+
+from __future__ import annotations
+
+import io
+import random
+import shutil
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from modules.tabs.common import (
+    DEVICE_QUEUE,
+    model_dropdown,
+    model_notes,
+    named_errors,
+    pick,
+    setting_slider,
+    step_progress,
+    user_errors,
+)
+from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
+
+#: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
+CAN_STREAM = shutil.which("ffmpeg") is not None
+
+
+def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
+    """One streamed chunk as 16-bit WAV (Gradio's streaming player reads that without FFmpeg probing)."""
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, sampling_rate, format="WAV", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def status_line(progress: MusicProgress, model_name: str) -> str:
+    if not progress.done:
+        return f"⏳ {progress.seconds:.1f} s of {progress.total_seconds:g} s generated · {model_name}"
+    return (
+        f"✅ {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
+        f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
+    )
+
+
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
+    first = wrappers[default]
+    with gr.Row():
+        model = model_dropdown(wrappers, default)
+    notes = gr.Markdown(model_notes(first))
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(
+                label=f"Prompt (one per line: up to {first.max_batch} generate together)",
+                lines=3,
+                placeholder="lo-fi hip hop beat with warm piano chords\nepic orchestral trailer music",
+            )
+            duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
+            with gr.Row():
+                seed = named_errors(gr.Number(first.defaults.seed, label="Seed", precision=0, minimum=0))
+                randomize = gr.Checkbox(True, label="New random seed each time")
+            with gr.Accordion("Sampling", open=False):
+                top_k = setting_slider(first, "top_k", "Top-k", step=1)
+                top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
+                temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
+                guidance = setting_slider(first, "guidance", "Classifier-free guidance", step=0.1)
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary")
+                stop = gr.Button("Stop", variant="stop")
+        with gr.Column():
+            live = gr.Audio(
+                label="Live (first prompt)" if CAN_STREAM else "Live playback needs FFmpeg on the server",
+                streaming=True,
+                autoplay=True,
+                interactive=False,
+                buttons=[],
+            )
+            status = gr.Markdown()
+            players = [
+                gr.Audio(label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"])
+                for i in range(first.max_batch)
+            ]
+            files = gr.File(label="Download WAV", file_count="multiple", interactive=False)
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        d = pick(wrappers, model_id).defaults
+        return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
+
+    model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+
+    @user_errors
+    def generate(
+        model_id: str,
+        prompt_text: str,
+        duration_s: float,
+        seed_value: float,
+        randomize_seed: bool,
+        top_k_value: float,
+        top_p_value: float,
+        temperature_value: float,
+        guidance_value: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        wrapper = pick(wrappers, model_id)
+        if randomize_seed:
+            seed_value = random.randrange(2**32)
+        settings = {
+            "duration": duration_s,
+            "seed": seed_value,
+            "top_k": top_k_value,
+            "top_p": top_p_value,
+            "temperature": temperature_value,
+            "guidance": guidance_value,
+        }
+        frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
+        to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
+
+        def on_step(frame: int, frames: int) -> None:
+            if frame % 5 == 0 or frame == frames:  # every 0.1 s of audio is plenty for a progress bar
+                to_bar(frame, frames)
+
+        quiet = (gr.skip(),) * (len(players) + 1)
+        for item in wrapper.generate(prompt_text, on_step=on_step, **settings):
+            if not item.done:
+                chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
+                yield (chunk, status_line(item, wrapper.entry.name), seed_value, *quiet)
+                continue
+            paths = [str(path) for path in item.paths]
+            shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
+            yield (gr.skip(), status_line(item, wrapper.entry.name), seed_value, *shown, paths)
+
+    event = run.click(
+        generate,
+        [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
+        [live, status, seed, *players, files],
+        api_name="music",
+        concurrency_id=DEVICE_QUEUE,
+        concurrency_limit=1,
+    )
+    # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
+    stop.click(None, cancels=[event], api_visibility="private")

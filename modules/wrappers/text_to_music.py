@@ -1,0 +1,350 @@
+"""Text-to-music: MusicGen through transformers, streamed as it is generated.
+
+`MusicgenForConditionalGeneration.generate` decodes audio only at the end, and in transformers 5 a
+`streamer` gets only the first `put()`. So streaming goes through a stopping criterion that never stops:
+it is called after every step with the growing token matrix, undoes MusicGen's delay pattern, and
+decodes the new frames with EnCodec. The same criterion checks the request's stop event.
+
+Chunks are decoded in overlapping windows (`ChunkDecoder`): each window starts `context_frames` before
+the first new frame (EnCodec's LSTM and convolutions look back) and the last `holdback_frames` are kept
+for the next window (its convolutions look ahead). The final audio *is* the chunks joined, so what was
+heard is what is saved; it equals one whole-sequence `audio_encoder.decode` to within float rounding
+(~1e-7 on the tiny model; the window sizes are what bound the difference on real weights).
+
+Several prompts, one per line, generate as one batch. The same seed gives the same samples, as long as
+no other request samples on the same torch generator at that moment (transformers samples from torch's
+global generator; the device queue keeps generation requests apart, the chat tab has its own queue).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import Field
+
+from modules.wrappers.base import (
+    InvalidInput,
+    ModelUnavailable,
+    OnStep,
+    Settings,
+    Wrapper,
+    check_prompt,
+    stream_from_thread,
+)
+
+
+class MusicSettings(Settings):
+    duration: float = Field(10.0, ge=1.0, le=30.0, description="seconds of audio (MusicGen was trained on 30 s)")
+    top_k: int = Field(250, ge=0, le=2048, description="sample from the k likeliest codes; 0 turns it off")
+    top_p: float = Field(0.0, ge=0.0, le=1.0, description="nucleus sampling; 0 turns it off")
+    temperature: float = Field(1.0, gt=0.0, le=4.0)
+    guidance: float = Field(3.0, ge=1.0, le=20.0, description="classifier-free guidance; 1 turns it off")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
+@dataclass(frozen=True)
+class MusicProgress:
+    """One streamed chunk, `(prompts, samples)`; the last one a request yields has `done=True`."""
+
+    chunk: np.ndarray
+    sampling_rate: int
+    seconds: float  # of audio generated so far
+    total_seconds: float  # asked for
+    wall_seconds: float
+    done: bool = False
+    audio: np.ndarray | None = None  # (prompts, samples): every chunk joined, on the final item only
+    paths: tuple[Path, ...] = ()  # the WAV files written, on the final item only
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of audio per second of wall time (above 1: faster than it plays)."""
+        return self.seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+
+@dataclass
+class LoadedMusicgen:
+    model: Any
+    processor: Any
+
+
+class _Halt(Exception):
+    """Raised by the criterion to leave `generate` at once: stopped, or every frame already decoded."""
+
+
+@dataclass
+class ChunkDecoder:
+    """The growing delay-patterned token matrix in, audio chunks that join into the whole out.
+
+    MusicGen's delay pattern puts frame `j` of codebook `k` at column `j + 1 + k` (column 0 holds the
+    decoder start token), so after `t` columns the first `t - K` frames are complete.
+    """
+
+    audio_encoder: Any
+    num_codebooks: int
+    frames: int  # asked for
+    hop: int  # audio samples per frame
+    chunk_frames: int
+    context_frames: int
+    holdback_frames: int
+    emitted: int = 0  # frames already turned into audio
+    chunks: list[np.ndarray] = field(default_factory=list)
+
+    def complete_frames(self, input_ids: Any) -> int:
+        return max(0, min(self.frames, input_ids.shape[-1] - self.num_codebooks))
+
+    def codes(self, input_ids: Any, start: int, stop: int) -> Any:
+        """Frames `start:stop` with the delay undone, shaped (1, batch, K, frames) for `decode`."""
+        import torch
+
+        K = self.num_codebooks
+        ids = input_ids.reshape(-1, K, input_ids.shape[-1])  # (B, K, t)
+        rows = [ids[:, k, start + 1 + k : stop + 1 + k] for k in range(K)]  # K x (B, stop - start)
+        return torch.stack(rows, dim=1)[None]  # (1, B, K, stop - start)
+
+    def step(self, input_ids: Any) -> np.ndarray | None:
+        """Decode the next chunk if enough new frames are complete (all remaining ones at the end)."""
+        done = self.complete_frames(input_ids)
+        final = done == self.frames
+        end = done if final else done - self.holdback_frames
+        if end <= self.emitted or (not final and end - self.emitted < self.chunk_frames):
+            return None
+        start = max(0, self.emitted - self.context_frames)
+        codes = self.codes(input_ids, start, done)
+        window = self.audio_encoder.decode(codes, audio_scales=[None] * codes.shape[1]).audio_values  # (B, 1, S)
+        lead = (self.emitted - start) * self.hop
+        chunk = window[:, 0, lead : lead + (end - self.emitted) * self.hop].float().cpu().numpy()
+        self.emitted = end
+        self.chunks.append(chunk)
+        return chunk
+
+    def audio(self) -> np.ndarray:
+        return np.concatenate(self.chunks, axis=1)
+
+
+class TransformersMusicgen(Wrapper):
+    """facebook/musicgen-* (small, medium, large) through `MusicgenForConditionalGeneration`."""
+
+    task = "music"
+    settings_schema = MusicSettings
+    #: At most this many prompts (lines) generate together.
+    max_batch: ClassVar[int] = 4
+    #: Streaming: a chunk every this many seconds of audio; the overlap that makes chunks join.
+    chunk_seconds: ClassVar[float] = 1.0
+    context_seconds: ClassVar[float] = 0.5
+    holdback_frames: ClassVar[int] = 4
+    #: Python packages a model needs beyond transformers (melody's feature extractor needs torchaudio).
+    requires: ClassVar[tuple[str, ...]] = ()
+
+    # -- availability ------------------------------------------------------------------------------
+
+    def missing_packages(self) -> list[str]:
+        return [name for name in self.requires if importlib.util.find_spec(name) is None]
+
+    def availability(self) -> str | None:
+        missing = self.missing_packages()
+        if missing:
+            return (
+                f"{self.entry.name} needs {', '.join(missing)}, which is not installed here. "
+                f"Install the build matching your torch (e.g. `pip install torchaudio==<torch version>`) "
+                f"and restart."
+            )
+        return super().availability()
+
+    # -- loading -----------------------------------------------------------------------------------
+
+    def model_class(self) -> Any:
+        from transformers import MusicgenForConditionalGeneration
+
+        return MusicgenForConditionalGeneration
+
+    def load(self, device: str) -> LoadedMusicgen:
+        from transformers import AutoProcessor
+
+        missing = self.availability() if self.missing_packages() else None
+        if missing:
+            raise ModelUnavailable(missing)
+        location, options = self.location()
+        # Never run code shipped with a model: a public link must not execute a stranger's repo.
+        processor = self.loading(lambda: AutoProcessor.from_pretrained(location, trust_remote_code=False, **options))
+        model = self.loading(lambda: self.model_class().from_pretrained(location, dtype=self.torch_dtype(), **options))
+        if model.config.decoder.audio_channels != 1:
+            raise ModelUnavailable(f"{self.entry.name} is a stereo model; only mono MusicGen is supported so far")
+        return LoadedMusicgen(model.to(device).eval(), processor)
+
+    def modules_of(self, model: LoadedMusicgen) -> list[Any]:
+        return [model.model]
+
+    # -- the pipeline ------------------------------------------------------------------------------
+
+    def check_inputs(self, prompt: object, settings: MusicSettings) -> list[str]:
+        """The batch of prompts (one per line), validated; raises InvalidInput naming what is wrong."""
+        text = check_prompt(prompt, self.host.max_prompt_chars)
+        prompts = [line.strip() for line in text.splitlines() if line.strip()]
+        if len(prompts) > self.max_batch:
+            raise InvalidInput(f"prompt has {len(prompts)} lines; at most {self.max_batch} prompts (one per line) per batch")
+        if settings.duration > self.host.max_audio_seconds:
+            raise InvalidInput(
+                f"duration={settings.duration!r}: the longest audio this server makes is {self.host.max_audio_seconds:g} s"
+            )
+        return prompts
+
+    def working_bytes(self, batch: int, settings: MusicSettings) -> int:
+        """Declared to the memory manager: audio tokens, the decoder's KV cache and the waveform."""
+        tokens = round(50 * settings.duration) + 3  # a fair guess before the config is loaded
+        rows = batch * (2 if settings.guidance > 1 else 1)  # guidance runs an unconditional copy
+        kv_cache = 2 * rows * tokens * 2048 * 48 * 2  # k and v, up to musicgen-large's 48 x 2048 in fp16
+        waveform = batch * tokens * 640 * 4 * 3  # chunks, the joined audio and the WAV being written
+        return rows * 4 * tokens * 8 + kv_cache + waveform
+
+    def generate(
+        self, prompt: str, on_step: OnStep | None = None, **overrides: Any
+    ) -> Generator[MusicProgress, None, None]:
+        """Stream audio for `prompt`; closing the generator stops generation and ends the lease."""
+        # 1. Check inputs
+        settings = self.settings(**overrides)
+        prompts = self.check_inputs(prompt, settings)
+        # 2. Generate inside a lease, streaming chunks; the manager retries once after an early OOM
+        working = self.working_bytes(len(prompts), settings)
+        final: MusicProgress | None = None
+        for progress in self.manager.stream(self, lambda model: self._timed(model, prompts, settings, on_step), working):
+            if progress.done:
+                final = progress
+            else:
+                yield progress
+        # 3. Postprocess: write the WAV files
+        if final is not None:
+            yield self.postprocess(final, prompts, settings)
+
+    def _timed(
+        self, model: LoadedMusicgen, prompts: list[str], settings: MusicSettings, on_step: OnStep | None
+    ) -> Iterator[MusicProgress]:
+        started = time.perf_counter()
+        rate = int(model.model.config.audio_encoder.sampling_rate)
+        decoder: ChunkDecoder | None = None
+
+        def work(emit: Callable[[np.ndarray], None], stop: threading.Event) -> ChunkDecoder:
+            return self._stream_audio(model, prompts, settings, emit, stop, on_step)
+
+        pieces = stream_from_thread(work)
+        seconds = 0.0
+        try:
+            while True:
+                chunk = next(pieces)
+                seconds += chunk.shape[1] / rate
+                yield MusicProgress(chunk, rate, seconds, settings.duration, time.perf_counter() - started)
+        except StopIteration as end:
+            decoder = end.value
+        audio = decoder.audio()
+        wall = time.perf_counter() - started
+        yield MusicProgress(audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, done=True, audio=audio)
+
+    def generation_inputs(self, model: LoadedMusicgen, prompts: list[str]) -> dict[str, Any]:
+        return dict(model.processor(text=prompts, padding=True, return_tensors="pt").to(model.model.device))
+
+    def _stream_audio(
+        self,
+        model: LoadedMusicgen,
+        prompts: list[str],
+        settings: MusicSettings,
+        emit: Callable[[np.ndarray], None],
+        stop: threading.Event,
+        on_step: OnStep | None,
+    ) -> ChunkDecoder:
+        """Generate in the worker thread: `emit` chunks, end soon after `stop` is set."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        net = model.model
+        audio_config = net.config.audio_encoder
+        frame_rate = audio_config.frame_rate  # 50 for every facebook/musicgen-* EnCodec
+        frames = round(frame_rate * settings.duration)
+        num_codebooks = net.decoder.num_codebooks
+        decoder = ChunkDecoder(
+            audio_encoder=net.audio_encoder,
+            num_codebooks=num_codebooks,
+            frames=frames,
+            hop=int(audio_config.sampling_rate) // frame_rate,
+            chunk_frames=max(1, round(self.chunk_seconds * frame_rate)),
+            context_frames=round(self.context_seconds * frame_rate),
+            holdback_frames=self.holdback_frames,
+        )
+
+        class DecodeEveryStep(StoppingCriteria):
+            """Never stops on its own: decodes new chunks, reports progress, and obeys `stop`."""
+
+            def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+                if stop.is_set():
+                    raise _Halt
+                chunk = decoder.step(input_ids)
+                if chunk is not None:
+                    emit(chunk)
+                if on_step is not None:
+                    on_step(decoder.complete_frames(input_ids), frames)
+                if decoder.emitted == frames:
+                    raise _Halt  # all decoded: skip generate's own whole-sequence decode
+                return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        inputs = self.generation_inputs(model, prompts)
+        sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k or None}
+        if settings.top_p > 0:
+            sampling["top_p"] = settings.top_p
+        torch.manual_seed(settings.seed)  # inside the lease: the device queue keeps other generations out
+        try:
+            with torch.inference_mode():
+                net.generate(
+                    **inputs,
+                    # D seconds need D*frame_rate frames plus K-1 more steps for the delay pattern.
+                    max_new_tokens=frames + num_codebooks - 1,
+                    guidance_scale=settings.guidance if settings.guidance > 1 else None,
+                    stopping_criteria=StoppingCriteriaList([DecodeEveryStep()]),
+                    **sampling,
+                )
+        except _Halt:
+            pass
+        return decoder
+
+    def postprocess(self, final: MusicProgress, prompts: list[str], settings: MusicSettings) -> MusicProgress:
+        """Write one 16-bit WAV per prompt under the host's output folder."""
+        import soundfile
+
+        assert final.audio is not None
+        folder = self.host.output_dir / "music"
+        folder.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+        paths = []
+        for index, samples in enumerate(final.audio):
+            path = folder / f"{stamp}-{self.entry.id}-seed{settings.seed}-{index + 1}.wav"
+            soundfile.write(path, samples, final.sampling_rate, subtype="PCM_16")
+            paths.append(path)
+        return MusicProgress(
+            final.chunk,
+            final.sampling_rate,
+            final.seconds,
+            final.total_seconds,
+            final.wall_seconds,
+            done=True,
+            audio=final.audio,
+            paths=tuple(paths),
+        )
+
+
+class TransformersMusicgenMelody(TransformersMusicgen):
+    """facebook/musicgen-melody: its feature extractor needs torchaudio, so it is offered only with it.
+
+    Text-only generation here; conditioning on a melody recording is not wired up yet.
+    """
+
+    requires = ("torchaudio",)
+
+    def model_class(self) -> Any:
+        from transformers import MusicgenMelodyForConditionalGeneration
+
+        return MusicgenMelodyForConditionalGeneration
