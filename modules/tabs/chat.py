@@ -7,11 +7,13 @@ from typing import Any
 
 import gradio as gr
 
-from modules.tabs.common import model_dropdown, model_notes, pick, setting_slider, user_errors
+from modules.tabs.common import model_dropdown, model_notes, pick, setting_slider, throttle, user_errors
 from modules.wrappers.base import ModelUnavailable
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
 
 STATS_TITLE = "⏱"
+#: Reading speed is the limit: 20 updates a second look continuous and leave the CPU to the model.
+UPDATE_SECONDS = 0.05
 
 
 def _text_of(content: Any) -> str:
@@ -48,7 +50,7 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
     model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
 
     def stream(wrapper: ChatWrapper, message: str, history: list[Message], settings: dict[str, Any]) -> Iterator[ChatProgress]:
-        return wrapper.generate(message, history, **settings)
+        return throttle(wrapper.generate(message, history, **settings), UPDATE_SECONDS)
 
     @user_errors
     def respond(

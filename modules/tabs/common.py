@@ -17,6 +17,7 @@ from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settin
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 #: Every generation event joins this one queue, so a single device serves one request at a time.
 DEVICE_QUEUE = "device"
@@ -85,6 +86,24 @@ def stepped_outputs(
         elif time.monotonic() - last >= STATUS_SECONDS:
             last = time.monotonic()
             yield (*[gr.skip()] * (outputs - 1), status(item))
+
+
+def throttle(items: Iterable[T], seconds: float) -> Iterator[T]:
+    """Pass on at most one item per `seconds` (the newest one), and always the last item.
+
+    Each yield is a message to the browser; on a fast model, one per token costs more than the token.
+    """
+    last_sent = float("-inf")
+    held: list[T] = []
+    for item in items:
+        now = time.monotonic()
+        if now - last_sent >= seconds:
+            last_sent = now
+            held.clear()
+            yield item
+        else:
+            held[:] = [item]
+    yield from held
 
 
 def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:

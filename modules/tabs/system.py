@@ -59,7 +59,9 @@ def build_system_tab(manager: MemoryManager, labels: Mapping[str, str]) -> None:
             button.click(unload, gr.State(key), [overview, table], api_visibility="private")
     # Named endpoints, so scripts and tests can read and drive the same state the page shows.
     def system_status() -> list[dict[str, Any]]:
-        return [dict(zip(COLUMNS, row)) for row in status_rows(manager, labels)]
+        """The table's rows, plus exact byte counts for scripts."""
+        exact = {s.key: s.bytes for s in manager.status()}
+        return [dict(zip(COLUMNS, row)) | {"bytes": exact[row[1]]} for row in status_rows(manager, labels)]
 
     def unload_model(key: str) -> str:
         unload(key)
