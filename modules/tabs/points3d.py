@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -24,6 +25,9 @@ STAGE_LABELS = {
     "base": "Stage 1 of 2: base model",
     "upsample": "Stage 2 of 2: upsampler",
 }
+
+#: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
+BAR_SECONDS = 0.1
 
 
 def presets(wrapper: PointEWrapper) -> dict[str, int]:
@@ -96,10 +100,13 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
         }
 
         def with_bar(items: Iterable[Any]) -> Iterator[Any]:
-            """One progress bar per stage, moved every step."""
+            """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
+            shown = float("-inf")
             for item in items:
-                if isinstance(item, StageStep):
-                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit="MB" if item.stage == "download" else "steps")
+                if isinstance(item, StageStep) and (item.step == item.total or time.monotonic() - shown >= BAR_SECONDS):
+                    shown = time.monotonic()
+                    unit = "MB" if item.stage == "download" else "steps"
+                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit=unit)
                 yield item
 
         def finish(result: PointCloudResult) -> tuple[Any, ...]:
