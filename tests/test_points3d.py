@@ -6,7 +6,6 @@ points, bad input, and Stop releasing the lease.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import trimesh
 from gradio_client import Client
 
-from tests.conftest import AppServer
+from tests.conftest import AppServer, model_row, stop_when
 
 MODEL = "tiny-point-e"
 KEY = f"pointcloud/{MODEL}"
@@ -44,10 +43,6 @@ def cloud_of(path: Path) -> trimesh.PointCloud:
     if isinstance(loaded, trimesh.Scene):  # GLB holds a scene of one point cloud
         (loaded,) = loaded.geometry.values()
     return loaded
-
-
-def model_state(client: Client) -> dict:
-    return next(row for row in client.predict(api_name="/system_status") if row["key"] == KEY)
 
 
 def test_generation_returns_a_model3d_file_and_ply_glb_downloads(tiny_client: Client) -> None:
@@ -94,20 +89,12 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
     with pytest.raises(Exception) as caught:
         submit(tiny_client, prompt, **settings).result(timeout=60)
     assert expected in str(caught.value)
-    assert model_state(tiny_client)["in use"] == 0
+    assert model_row(tiny_client, KEY)["in use"] == 0
 
 
 def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> None:
     job = submit(tiny_client, "a long chair", num_steps=256)
-    deadline = time.monotonic() + 60
-    while not any(isinstance(o[-1], str) and o[-1].startswith("Stage") for o in job.outputs()):
-        assert time.monotonic() < deadline, "no progress before the deadline"
-        time.sleep(0.02)
-    job.cancel()
-    deadline = time.monotonic() + 30
-    while model_state(tiny_client)["in use"] != 0:
-        assert time.monotonic() < deadline, "the lease was not released after Stop"
-        time.sleep(0.1)
+    stop_when(tiny_client, job, KEY, lambda outputs: any(str(o[-1]).startswith("Stage") for o in outputs))
     assert not any(isinstance(o[-1], str) and o[-1].startswith("⏱") for o in job.outputs()), "ran to the end despite Stop"
     viewer, _, _, _ = generate(tiny_client)  # still serving
     assert cloud_of(viewer).vertices.shape == (TINY_POINTS, 3)
