@@ -14,6 +14,7 @@ from modules.tabs.common import (
     model_notes,
     named_errors,
     pick,
+    request_seed,
     setting_slider,
     stepped_outputs,
     user_errors,
@@ -96,7 +97,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
         settings = {
             "guidance": guidance_scale,
             "num_steps": num_steps,
-            "seed": -1 if random_seed or seed_value is None else seed_value,
+            "seed": request_seed(seed_value, random_seed),
         }
 
         def with_bar(items: Iterable[Any]) -> Iterator[Any]:
