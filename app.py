@@ -29,6 +29,7 @@ TABS: dict[str, tuple[str, str]] = {
     "image": ("🖼️ Image", "modules.tabs.image:build_image_tab"),
     "caption": ("📝 Caption", "modules.tabs.caption:build_caption_tab"),
     "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
+    "pointcloud": ("🧊 3D", "modules.tabs.points3d:build_points3d_tab"),
 }
 
 

@@ -213,18 +213,30 @@ def build_tiny_music(folder: Path) -> None:
     MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=32000), tokenizer).save_pretrained(folder)
 
 
+def build_tiny_point_e(folder: Path) -> None:
+    """Point-E's real classes at tiny size (64 + 192 points, width 32) and a tiny CLIP text tower with a projection."""
+    import torch
+
+    from modules.pointe import build_tiny_pipeline
+
+    torch.manual_seed(0)
+    build_tiny_pipeline(folder)  # saves with save_pretrained; the app loads it with PointEPipeline.from_pretrained
+
+
 #: task -> (model id, display name, wrapper, builder)
 TINY_BUILDERS: dict[str, tuple[str, str, str, Callable[[Path], None]]] = {
     "chat": ("tiny-chat", "Tiny Llama", "transformers-chat", build_tiny_chat),
     "image": ("tiny-sd", "Tiny Stable Diffusion", "diffusers-text-to-image", build_tiny_stable_diffusion),
     "caption": ("tiny-blip", "Tiny BLIP", "blip-captioning", build_tiny_blip),
     "music": ("tiny-musicgen", "Tiny MusicGen", "transformers-musicgen", build_tiny_music),
+    "pointcloud": ("tiny-point-e", "Tiny Point-E", "point-e", build_tiny_point_e),
 }
 
 #: task -> the tiny entry's `defaults`, where the wrapper's own would be slow or wrong for a tiny model
 TINY_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "image": {"num_steps": 4, "guidance": 5.0, "width": 64, "height": 64},
     "caption": {"max_length": 12},
+    "pointcloud": {"num_steps": 8},
 }
 
 

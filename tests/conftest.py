@@ -7,8 +7,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -92,3 +93,22 @@ def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
 @pytest.fixture(scope="session")
 def tiny_client(tiny_app: AppServer) -> Client:
     return tiny_app.client()
+
+
+def model_row(client: Client, key: str) -> dict:
+    """The System tab's row for one model (`/system_status`), e.g. its "in use" lease count."""
+    return next(row for row in client.predict(api_name="/system_status") if row["key"] == key)
+
+
+def stop_when(client: Client, job: Any, key: str, started: Callable[[list], bool], timeout: float = 60) -> None:
+    """Wait until `started(job.outputs())`, cancel the job as the Stop button does, then wait until the
+    model `key` is no longer leased (the generation has really ended)."""
+    deadline = time.monotonic() + timeout
+    while not started(job.outputs()):
+        assert time.monotonic() < deadline, "no progress before the deadline"
+        time.sleep(0.02)
+    job.cancel()
+    deadline = time.monotonic() + 30
+    while model_row(client, key)["in use"] != 0:
+        assert time.monotonic() < deadline, "the lease was not released after Stop"
+        time.sleep(0.1)

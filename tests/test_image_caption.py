@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from modules.memory import MemoryManager
 from modules.tiny import build_tiny_catalog
 from modules.wrappers import build_wrapper
 from modules.wrappers.base import InvalidInput
-from tests.conftest import AppServer
+from tests.conftest import AppServer, stop_when
 
 IMAGE, CAPTION = "tiny-sd", "tiny-blip"
 
@@ -142,15 +141,7 @@ def test_empty_prompt_is_refused(tiny_client: Client) -> None:
 
 def test_stop_interrupts_denoising_and_releases_the_lease(tiny_client: Client) -> None:
     job = tiny_client.submit("a long one", "", IMAGE, 150, 5.0, 64, 64, 1, "default", 1, False, api_name="/generate_image")
-    deadline = time.monotonic() + 60
-    while not any(isinstance(o[-1], str) and o[-1].startswith("Denoising: step") for o in job.outputs()):
-        assert time.monotonic() < deadline, "no progress before the deadline"
-        time.sleep(0.05)
-    job.cancel()
-    deadline = time.monotonic() + 30
-    while model_state(tiny_client, f"image/{IMAGE}")["in use"] != 0:
-        assert time.monotonic() < deadline, "the lease was not released after Stop"
-        time.sleep(0.2)
+    stop_when(tiny_client, job, f"image/{IMAGE}", lambda outputs: any(str(o[-1]).startswith("Denoising: step") for o in outputs))
     steps = [o[-1] for o in job.outputs() if isinstance(o[-1], str)]
     assert len(steps) < 150 and not any(s.startswith("⏱") for s in steps), "denoising ran to the end after Stop"
 

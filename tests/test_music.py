@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ from modules.tiny import build_tiny_catalog
 from modules.wrappers import build_wrapper
 from modules.wrappers.base import HostSettings, InvalidInput
 from modules.wrappers.text_to_music import TransformersMusicgen
+from tests.conftest import stop_when
 
 MODEL = "tiny-musicgen"
 KEY = f"music/{MODEL}"
@@ -107,15 +107,7 @@ def test_same_seed_gives_the_same_samples(tiny_client: Client) -> None:
 
 def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> None:
     job = music(tiny_client, "epic orchestra", duration=30)
-    deadline = time.monotonic() + 120
-    while not any(isinstance(o[0], str) for o in job.outputs()):
-        assert time.monotonic() < deadline, "no streamed chunk before the deadline"
-        time.sleep(0.05)
-    job.cancel()
-    deadline = time.monotonic() + 30
-    while model_state(tiny_client)["in use"] != 0:
-        assert time.monotonic() < deadline, "the lease was not released after Stop"
-        time.sleep(0.2)
+    stop_when(tiny_client, job, KEY, lambda outputs: any(isinstance(o[0], str) for o in outputs), timeout=120)
     assert not job.outputs()[-1][1].startswith("✅"), "generation ran to the end despite Stop"
     samples, _ = wav_of(music(tiny_client, "calm piano", duration=1).result(timeout=120))  # still serving
     assert len(samples) == RATE

@@ -106,6 +106,11 @@ def throttle(items: Iterable[T], seconds: float) -> Iterator[T]:
     yield from held
 
 
+def request_seed(seed_value: float | None, randomise: bool) -> float:
+    """The seed setting a request sends its wrapper: -1 (the wrapper picks one and reports it) or the box's value."""
+    return -1 if randomise or seed_value is None else seed_value
+
+
 def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:
     """The wrapper for a model id sent by the browser; only catalogue ids are accepted."""
     if model_id not in wrappers:

@@ -13,6 +13,7 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     pick,
+    request_seed,
     setting_slider,
     step_progress,
     stepped_outputs,
@@ -104,7 +105,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
             "height": image_height,
             "batch": images,
             "scheduler": scheduler_name,
-            "seed": -1 if random_seed or seed_value is None else seed_value,
+            "seed": request_seed(seed_value, random_seed),
         }
 
         def finish(result: ImageResult) -> tuple[Any, ...]:

@@ -24,6 +24,7 @@ WRAPPERS: dict[str, tuple[str, str]] = {
     "blip-captioning": ("caption", "modules.wrappers.captioning:BlipCaptioner"),
     "transformers-musicgen": ("music", "modules.wrappers.text_to_music:TransformersMusicgen"),
     "transformers-musicgen-melody": ("music", "modules.wrappers.text_to_music:TransformersMusicgenMelody"),
+    "point-e": ("pointcloud", "modules.wrappers.text_to_3d:PointEWrapper"),
 }
 
 
