@@ -97,7 +97,10 @@ def test_png_carries_a1111_parameters_and_batch_seeds_count_up(tiny_client: Clie
             f"Steps: 4, Sampler: Euler a, CFG scale: 3.5, Seed: {seed}, Size: 64x64, Model: tiny-sd",
         ]
     alone, _, _, _ = generate(tiny_client, "a lighthouse at dusk", seed=1235, negative_prompt="blurry", scheduler="euler-a", guidance=3.5)
-    assert np.array_equal(pixels(paths[1]), pixels(alone[0])), "image 2 of a batch is not remade by its own seed"
+    # A batch of 2 and a batch of 1 run different BLAS blockings, so float rounding may move a few pixels
+    # by a level; anything beyond that means the seed did not carry.
+    difference = np.abs(pixels(paths[1]).astype(int) - pixels(alone[0]).astype(int))
+    assert difference.max() <= 2 and (difference > 0).mean() < 0.02, "image 2 of a batch is not remade by its own seed"
 
 
 @pytest.mark.parametrize(
