@@ -47,7 +47,9 @@ def build_small(root: Path) -> Path:
 
     import torch
 
-    from modules.pointe import PointDiffusionConfig, PointEPipeline, build_model
+    from modules.pointe.config import PointDiffusionConfig
+    from modules.pointe.model import build_model
+    from modules.pointe.pipeline import PointEPipeline
     from modules.pointe.tiny import tiny_clip_text_encoder, tiny_clip_tokenizer
 
     torch.manual_seed(0)
@@ -95,7 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     steps_per_stage = args.steps or (64 if args.size == "small" else 256)
 
-    from modules.pointe import PointEPipeline
+    from modules.pointe.pipeline import PointEPipeline
 
     root = Path(tempfile.mkdtemp(prefix="atelier-bench-"))
     if args.size == "tiny":

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,9 +92,20 @@ def raw_generate_tokens_per_second(model_id: str) -> float:
     return statistics.median(rates)
 
 
+def transformers_catalogue(workdir: Path, model_id: str) -> Path:
+    """The shipped catalogue's chat entry pinned to transformers, the backend the raw baseline uses."""
+    raw = yaml.safe_load((ROOT / "models.yaml").read_text())
+    entry = next(m for m in raw["tasks"]["chat"]["models"] if m["id"] == model_id)
+    entry = {key: value for key, value in entry.items() if key != "prefer"} | {"wrapper": "transformers-chat"}
+    path = workdir / "transformers-chat.yaml"
+    path.write_text(yaml.safe_dump({"tasks": {"chat": {"default": model_id, "models": [entry]}}}))
+    return path
+
+
 def app_tokens_per_second(workdir: Path, model_id: str) -> tuple[float, float]:
     """Tokens/s and time to first token as the client sees them (wall clock around the request)."""
-    server = AppServer([], workdir, env={"HF_HUB_OFFLINE": "1"})
+    catalogue = transformers_catalogue(workdir, model_id)
+    server = AppServer(["--models", str(catalogue)], workdir, env={"HF_HUB_OFFLINE": "1"})
     try:
         server.wait_until_serving()
         client = server.client()
@@ -120,7 +132,7 @@ def main() -> None:
     from modules.wrappers import wrapper_tasks
 
     catalog = load_catalog(ROOT / "models.yaml", wrapper_tasks())
-    model_id = next(e.id for e in catalog.tasks["chat"].models if e.wrapper == "transformers-chat" and e.source.package)
+    model_id = catalog.tasks["chat"].fallback  # the embedded model: the one every machine has
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

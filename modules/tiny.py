@@ -217,7 +217,7 @@ def build_tiny_point_e(folder: Path) -> None:
     """Point-E's real classes at tiny size (64 + 192 points, width 32) and a tiny CLIP text tower with a projection."""
     import torch
 
-    from modules.pointe import build_tiny_pipeline
+    from modules.pointe.tiny import build_tiny_pipeline
 
     torch.manual_seed(0)
     build_tiny_pipeline(folder)  # saves with save_pretrained; the app loads it with PointEPipeline.from_pretrained

@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from modules.pointe import (
-    CheckpointUnavailableError,
-    GenerationStopped,
-    PointDiffusionConfig,
-    PointEPipeline,
-    build_model,
-    build_tiny_pipeline,
-    from_pretrained,
-    load_official,
-    save_pretrained,
-)
-from modules.pointe import weights
+from modules.pointe import checkpoints, weights
+from modules.pointe.checkpoints import CheckpointUnavailableError
+from modules.pointe.config import PointDiffusionConfig
+from modules.pointe.model import build_model
+from modules.pointe.pipeline import PointEPipeline
+from modules.pointe.sampler import GenerationStopped
+from modules.pointe.tiny import build_tiny_pipeline
+from modules.pointe.weights import from_pretrained, load_official, save_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +81,9 @@ def test_model_folder_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_cache_dir_env_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("ATELIER_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert weights.default_cache_dir() == tmp_path / "xdg" / "atelier" / "point-e"
+    assert checkpoints.default_cache_dir() == tmp_path / "xdg" / "atelier" / "point-e"
     monkeypatch.setenv("ATELIER_CACHE", str(tmp_path / "atelier"))
-    assert weights.default_cache_dir() == tmp_path / "atelier" / "point-e"
+    assert checkpoints.default_cache_dir() == tmp_path / "atelier" / "point-e"
 
 
 def test_offline_without_cache_names_file_and_folder(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -105,7 +101,7 @@ def test_download_reports_progress_and_lands_atomically(tmp_path: Path) -> None:
     source.write_bytes(b"x" * 3_000_000)
     progress: list[tuple[int, int | None]] = []
     target = tmp_path / "cache" / "file.bin"
-    weights.download(source.as_uri(), target, lambda done, total: progress.append((done, total)))
+    checkpoints.download(source.as_uri(), target, lambda done, total: progress.append((done, total)))
     assert target.read_bytes() == source.read_bytes()
     assert progress[-1] == (3_000_000, 3_000_000) and len(progress) >= 3
     assert not target.with_name("file.bin.part").exists()

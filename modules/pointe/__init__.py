@@ -1,31 +1,7 @@
-"""Point-E (openai/point-e) text-to-point-cloud in plain PyTorch: models, diffusion, sampler, weights."""
+"""Point-E (openai/point-e) text-to-point-cloud in plain PyTorch.
 
-from .config import DiffusionConfig, PointDiffusionConfig, SamplerConfig
-from .model import (
-    PointDiffusionTransformer,
-    TextPointDiffusionTransformer,
-    UpsamplePointDiffusionTransformer,
-    build_model,
-)
-from .pipeline import PointEPipeline
-from .sampler import GenerationStopped, PointCloudSampler
-from .tiny import build_tiny_pipeline
-from .weights import CheckpointUnavailableError, from_pretrained, load_official, save_pretrained
-
-__all__ = [
-    "CheckpointUnavailableError",
-    "DiffusionConfig",
-    "GenerationStopped",
-    "PointCloudSampler",
-    "PointDiffusionConfig",
-    "PointDiffusionTransformer",
-    "PointEPipeline",
-    "SamplerConfig",
-    "TextPointDiffusionTransformer",
-    "UpsamplePointDiffusionTransformer",
-    "build_model",
-    "build_tiny_pipeline",
-    "from_pretrained",
-    "load_official",
-    "save_pretrained",
-]
+config.py (configurations), model.py (the transformers), diffusion.py (schedules), sampler.py (the
+Karras-Heun sampler), checkpoints.py (fetching the official files, torch-free), weights.py (loading and
+saving), pipeline.py (text -> coloured points), tiny.py (a tiny random pipeline for tests). Import from the
+submodules: this package's import stays free of torch, so the app can start without it.
+"""

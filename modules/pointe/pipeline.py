@@ -15,7 +15,8 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 from .config import DiffusionConfig, SamplerConfig
 from .model import TextPointDiffusionTransformer, UpsamplePointDiffusionTransformer
 from .sampler import OnStep, PointCloudSampler, ShouldStop
-from .weights import OnProgress, from_pretrained, load_official, save_pretrained
+from .checkpoints import OnProgress
+from .weights import from_pretrained, load_official, save_pretrained
 
 PIPELINE_CONFIG_NAME = "pipeline.json"
 # The text tower the official base40M-textvec was trained with (OpenAI CLIP ViT-L/14).

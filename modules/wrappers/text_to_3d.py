@@ -90,7 +90,7 @@ class PointEWrapper(Wrapper):
 
     def missing_checkpoints(self) -> list[str]:
         """The official checkpoint files not yet in the Point-E cache (each with its URL and folder)."""
-        from modules.pointe.weights import OFFICIAL_CHECKPOINTS, default_cache_dir
+        from modules.pointe.checkpoints import OFFICIAL_CHECKPOINTS, default_cache_dir
 
         folder = default_cache_dir()
         return [
@@ -117,7 +117,7 @@ class PointEWrapper(Wrapper):
     def estimate_bytes(self) -> int:
         if not self.official():
             return super().estimate_bytes()
-        from modules.pointe.weights import OFFICIAL_CHECKPOINTS, default_cache_dir
+        from modules.pointe.checkpoints import OFFICIAL_CHECKPOINTS, default_cache_dir
 
         files = [default_cache_dir() / c.filename for c in OFFICIAL_CHECKPOINTS.values()]
         checkpoints = sum(f.stat().st_size if f.is_file() else 162_000_000 for f in files)
@@ -138,8 +138,7 @@ class PointEWrapper(Wrapper):
 
     def fetch_checkpoints(self, on_progress: Callable[[int, int | None], None] | None = None) -> None:
         """Download the official checkpoints not yet cached; raises ModelUnavailable naming the files."""
-        from modules.pointe import CheckpointUnavailableError
-        from modules.pointe.weights import OFFICIAL_CHECKPOINTS, checkpoint_path
+        from modules.pointe.checkpoints import OFFICIAL_CHECKPOINTS, CheckpointUnavailableError, checkpoint_path
 
         for name, checkpoint in OFFICIAL_CHECKPOINTS.items():
             logged = [0]
@@ -157,7 +156,8 @@ class PointEWrapper(Wrapper):
                 raise ModelUnavailable(f"{self.entry.name}: {exc}") from None
 
     def load(self, device: str) -> Any:
-        from modules.pointe import CheckpointUnavailableError, PointEPipeline
+        from modules.pointe.checkpoints import CheckpointUnavailableError
+        from modules.pointe.pipeline import PointEPipeline
 
         source = self.entry.source
         if not self.official():
