@@ -21,6 +21,7 @@ from modules.wrappers import build_wrapper, wrapper_tasks
 from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
 
 log = logging.getLogger("atelier")
+QUEUE_POLL_SECONDS = 0.05
 HERE = Path(__file__).resolve().parent
 
 #: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
@@ -176,7 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     auth = parse_auth(args.auth)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")
-    demo.queue(max_size=args.queue_size, default_concurrency_limit=1).launch(
+    demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
+    # Gradio's queue polls every 1 ms for work to start and every 10 ms for progress to send; on 2 cores
+    # those wake-ups take the GIL from generation (py-spy: the event loop held it as often as the model).
+    # 20 Hz (Gradio's own Windows default is slower) only delays a start or a progress bar by 50 ms.
+    for setting in ("sleep_when_free", "progress_update_sleep_when_free"):
+        if hasattr(demo._queue, setting):
+            setattr(demo._queue, setting, max(getattr(demo._queue, setting), QUEUE_POLL_SECONDS))
+    demo.launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -70,7 +71,8 @@ def startup_ratio(workdir: Path) -> tuple[float, float]:
     return statistics.median(bare), statistics.median(ours)
 
 
-def raw_generate_tokens_per_second(model_id: str) -> float:
+def raw_generator(model_id: str) -> Callable[[], float]:
+    """A function timing one raw greedy `model.generate` on the embedded model: tokens/s."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -83,13 +85,14 @@ def raw_generate_tokens_per_second(model_id: str) -> float:
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
     messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": PROMPT}]
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    rates = []
-    for _ in range(RUNS):
+
+    def run() -> float:
         started = time.perf_counter()
         with torch.inference_mode():
             out = model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)
-        rates.append((out.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started))
-    return statistics.median(rates)
+        return (out.shape[1] - inputs["input_ids"].shape[1]) / (time.perf_counter() - started)
+
+    return run
 
 
 def transformers_catalogue(workdir: Path, model_id: str) -> Path:
@@ -102,8 +105,12 @@ def transformers_catalogue(workdir: Path, model_id: str) -> Path:
     return path
 
 
-def app_tokens_per_second(workdir: Path, model_id: str) -> tuple[float, float]:
-    """Tokens/s and time to first token as the client sees them (wall clock around the request)."""
+def chat_ratio(workdir: Path, model_id: str) -> tuple[float, float, float, float]:
+    """Median raw and app tokens/s, the median of per-round ratios, and the app's time to first token.
+
+    Raw and app runs alternate round by round, so drift on a noisy machine hits both alike. App speed is
+    as the client sees it: wall clock around one blocking request.
+    """
     catalogue = transformers_catalogue(workdir, model_id)
     server = AppServer(["--models", str(catalogue)], workdir, env={"HF_HUB_OFFLINE": "1"})
     try:
@@ -111,18 +118,24 @@ def app_tokens_per_second(workdir: Path, model_id: str) -> tuple[float, float]:
         client = server.client()
         args = (PROMPT, model_id, "You are a helpful assistant.", 0.0, 1.0, MAX_NEW_TOKENS)
         client.predict(*args, api_name="/chat")  # load the model once, outside the timing
-        rates, firsts = [], []
-        for _ in range(RUNS):
+        raw_run = raw_generator(model_id)
+        raw_run()
+        raws, apps, firsts = [], [], []
+        for _ in range(RUNS + 2):
+            raws.append(raw_run())
+            started = time.perf_counter()
+            _reply, note = client.predict(*args, api_name="/chat")
+            tokens = int(note["metadata"]["title"].split(" tokens")[0].split()[-1])
+            apps.append(tokens / (time.perf_counter() - started))
+            # Time to first token: a separate request, watched until its first streamed text.
             started = time.perf_counter()
             job = client.submit(*args, api_name="/chat")
             while not [o for o in job.outputs() if o] and not job.done():
-                time.sleep(0.005)
+                time.sleep(0.01)
             firsts.append(time.perf_counter() - started)
-            _reply, note = job.result()
-            elapsed = time.perf_counter() - started
-            tokens = int(note["metadata"]["title"].split(" tokens")[0].split()[-1])
-            rates.append(tokens / elapsed)
-        return statistics.median(rates), statistics.median(firsts)
+            job.result()
+        ratios = [app / raw for app, raw in zip(apps, raws)]
+        return statistics.median(raws), statistics.median(apps), statistics.median(ratios), statistics.median(firsts)
     finally:
         server.stop()
 
@@ -138,11 +151,10 @@ def main() -> None:
         workdir = Path(tmp)
         bare, ours = startup_ratio(workdir)
         print(f"(a) start-up until serving: bare Gradio {bare:.2f} s, Atelier {ours:.2f} s, ratio {ours / bare:.2f} (target <= 1.3)")
-        app_rate, first = app_tokens_per_second(workdir, model_id)
-        raw_rate = raw_generate_tokens_per_second(model_id)
+        raw_rate, app_rate, ratio, first = chat_ratio(workdir, model_id)
         print(
             f"(b) chat tokens/s ({model_id}, greedy, {MAX_NEW_TOKENS} new tokens): raw generate {raw_rate:.1f}, "
-            f"through Atelier {app_rate:.1f}, ratio {app_rate / raw_rate:.2f} (target >= 0.9)"
+            f"through Atelier {app_rate:.1f}, ratio {ratio:.2f} (median of per-round ratios; target >= 0.9)"
         )
         print(f"(c) time to first token through Atelier: {first:.2f} s")
 
