@@ -11,7 +11,7 @@ from gradio_client import Client
 
 from modules.catalog import load_catalog
 from modules.wrappers import wrapper_tasks
-from tests.conftest import ROOT, AppServer
+from tests.conftest import ROOT, AppServer, model_row
 
 CATALOG = load_catalog(ROOT / "models.yaml", wrapper_tasks())
 EMBEDDED = CATALOG.tasks["chat"].fallback
@@ -50,10 +50,6 @@ def chat(client: Client, message: str, model: str = EMBEDDED, **settings: float)
     return reply["content"], note["metadata"]["title"], job.outputs()
 
 
-def model_state(client: Client, key: str) -> dict:
-    return next(row for row in client.predict(api_name="/system_status") if row["key"] == key)
-
-
 def test_embedded_model_streams_a_reply_with_its_speed(client: Client) -> None:
     text, note, outputs = chat(client, "Write a haiku about the ocean.", max_new_tokens=32)
     assert text.strip(), "the reply is empty"
@@ -61,7 +57,7 @@ def test_embedded_model_streams_a_reply_with_its_speed(client: Client) -> None:
     assert len(streamed) >= 3, f"expected a stream of partial replies, got {outputs!r}"
     assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:])), "stream is not incremental"
     assert "tokens/s" in note and "first token" in note and "SmolLM2" in note
-    state = model_state(client, f"chat/{EMBEDDED}")
+    state = model_row(client, f"chat/{EMBEDDED}")
     assert state["state"] == "on device" and state["in use"] == 0 and state["loads"] == 1
 
 
@@ -80,7 +76,7 @@ def test_stop_ends_generation_and_releases_the_lease(client: Client) -> None:
     job.cancel()
     key = f"chat/{EMBEDDED}"
     deadline = time.monotonic() + 30
-    while model_state(client, key)["in use"] != 0:
+    while model_row(client, key)["in use"] != 0:
         assert time.monotonic() < deadline, "the lease was not released after Stop"
         time.sleep(0.2)
     streamed_when_released = len(job.outputs())
@@ -122,13 +118,13 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
 def test_system_tab_unloads_a_model(client: Client) -> None:
     chat(client, "Say hi.", max_new_tokens=2)
     key = f"chat/{EMBEDDED}"
-    assert model_state(client, key)["state"] == "on device"
+    assert model_row(client, key)["state"] == "on device"
     client.predict(key, api_name="/unload_model")
-    assert model_state(client, key)["state"] == "not loaded"
+    assert model_row(client, key)["state"] == "not loaded"
     with pytest.raises(Exception, match="unknown model"):
         client.predict("chat/nope", api_name="/unload_model")
     text, _, _ = chat(client, "Say hi.", max_new_tokens=4)  # loads again on the next use
-    assert text.strip() and model_state(client, key)["loads"] == 2
+    assert text.strip() and model_row(client, key)["loads"] == 2
 
 
 def test_tiny_app_chats_on_a_random_weight_model(tiny_client: Client) -> None:

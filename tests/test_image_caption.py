@@ -67,10 +67,6 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def model_state(client: Client, key: str) -> dict:
-    return next(row for row in client.predict(api_name="/system_status") if row["key"] == key)
-
-
 # -- generation --------------------------------------------------------------------------------------
 
 

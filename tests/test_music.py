@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +13,7 @@ from modules.tiny import build_tiny_catalog
 from modules.wrappers import build_wrapper
 from modules.wrappers.base import HostSettings, InvalidInput
 from modules.wrappers.text_to_music import TransformersMusicgen
-from tests.conftest import stop_when
+from tests.conftest import model_row, stop_when
 
 MODEL = "tiny-musicgen"
 KEY = f"music/{MODEL}"
@@ -50,10 +48,6 @@ def wav_of(result: tuple) -> tuple[np.ndarray, int]:
     files = result[-1]
     samples, rate = soundfile.read(files[0])
     return samples, rate
-
-
-def model_state(client: Client) -> dict:
-    return next(row for row in client.predict(api_name="/system_status") if row["key"] == KEY)
 
 
 # -- the wrapper, with the real tiny model --------------------------------------------------------
@@ -133,4 +127,4 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
     with pytest.raises(Exception) as caught:
         music(tiny_client, prompt, duration=duration, **settings).result(timeout=60)
     assert expected in str(caught.value)
-    assert model_state(tiny_client)["in use"] == 0
+    assert model_row(tiny_client, KEY)["in use"] == 0

@@ -62,7 +62,8 @@ def read_scalars(path: str | Path) -> dict[str, int | float | bool | str]:
         version = cursor.read("<I")
         if version < 2:
             raise ValueError(f"{path}: GGUF version {version} is too old (need 2 or later)")
-        _tensors, count = cursor.read("<Q"), int(cursor.read("<Q"))
+        cursor.read("<Q")  # the tensor count: not needed for metadata
+        count = int(cursor.read("<Q"))
         for _ in range(count):
             key = cursor.string()
             kind = int(cursor.read("<I"))
