@@ -298,20 +298,21 @@ class Wrapper(ABC):
     # -- Loadable, for the memory manager ------------------------------------------------------------
 
     def estimate_bytes(self) -> int:
-        """Weights size on disk, scaled to the dtype the device uses (fp32 on CPU may double fp16 files)."""
-        try:
-            folder, _ = self.location()
-        except ModelUnavailable:
+        """Weights size on disk for local sources, else 0: the manager corrects itself with the measured size.
+
+        Hub sources are not looked up here: the manager calls this under its lock, and finding out whether
+        a hub model is cached may probe the network.
+        """
+        folder = self.entry.source.local_folder()
+        if folder is None:
             return 0
-        path = Path(folder)
-        if self.entry.source.file:
-            path = path / self.entry.source.file
+        path = folder / self.entry.source.file if self.entry.source.file else folder
         if path.is_file():
             return path.stat().st_size
         if path.is_dir():
             weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".gguf")]
             return sum(p.stat().st_size for p in weights)
-        return 0  # a hub id: unknown until loaded; the manager corrects itself with the measured size
+        return 0
 
     @abstractmethod
     def load(self, device: str) -> Any:
