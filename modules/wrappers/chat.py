@@ -11,11 +11,13 @@ import time
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 from pydantic import Field
 
 from modules.wrappers.base import InvalidInput, Settings, Wrapper, check_prompt, stream_from_thread
+from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
@@ -64,8 +66,9 @@ class ChatWrapper(Wrapper):
         system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt.strip() else []
         return [*system, *history, {"role": "user", "content": text}]
 
-    def working_bytes(self, settings: ChatSettings) -> int:
-        """Declared to the memory manager: the KV cache for the longest conversation we allow."""
+    def working_bytes(self, settings: ChatSettings, messages: list[Message]) -> int:
+        """Declared to the memory manager per request; backends whose cache is allocated at load (and so
+        counted in their footprint) declare nothing."""
         return 0
 
     def generate(
@@ -77,7 +80,7 @@ class ChatWrapper(Wrapper):
         messages = self.check_inputs(message, history or [], settings)
         # 2. Stream inside a lease; the manager retries once after an OOM before the first token
         yield from self.manager.stream(
-            self, lambda model: self._timed(model, messages, settings), working_bytes=self.working_bytes(settings)
+            self, lambda model: self._timed(model, messages, settings), working_bytes=self.working_bytes(settings, messages)
         )
 
     def _timed(self, model: Any, messages: list[Message], settings: ChatSettings) -> Iterator[ChatProgress]:
@@ -133,6 +136,36 @@ class TransformersChat(ChatWrapper):
 
     def modules_of(self, model: LoadedCausalLM) -> list[Any]:
         return [model.model]
+
+    def working_bytes(self, settings: ChatSettings, messages: list[Message]) -> int:
+        """The KV cache this conversation can grow: at most one position per prompt character (tokens are
+        never shorter than a byte-level character), plus the reply, capped at the model's context."""
+        layout = self._kv_layout
+        if layout is None:
+            return 0
+        bytes_per_position, context = layout
+        positions = sum(len(turn["content"]) for turn in messages) + settings.max_new_tokens
+        return bytes_per_position * min(positions, context)
+
+    @cached_property
+    def _kv_layout(self) -> tuple[int, int] | None:
+        """(KV-cache bytes per position, context length), read from the files without loading; None if unknown."""
+        element = 4 if self.dtype_name == "float32" else 2
+        source = self.entry.source
+        if source.file:  # GGUF: the shapes are in its header
+            folder = source.local_folder()
+            if folder is None or not (folder / source.file).is_file():
+                return None
+            metadata = read_scalars(folder / source.file)
+            return kv_cache_bytes(metadata, 1, element), context_length(metadata)
+        config = self.config_json("config.json")
+        if not config or "num_hidden_layers" not in config or "num_attention_heads" not in config:
+            return None
+        heads = config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // heads
+        kv_heads = config.get("num_key_value_heads") or heads
+        per_position = 2 * config["num_hidden_layers"] * kv_heads * head_dim * element  # K and V
+        return per_position, config.get("max_position_embeddings", 2048)
 
     def _stream_text(
         self,
