@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from modules.catalog import Catalog, ModelEntry, Source, TaskCatalog
+from modules.memory.threads import in_fresh_thread
 
 #: Bump when a builder changes, so cached tiny models are rebuilt.
 TINY_VERSION = "1"
@@ -251,7 +252,7 @@ def build_tiny_catalog(root: Path | None = None) -> Catalog:
             scratch = root / f".{model_id}.building"
             shutil.rmtree(scratch, ignore_errors=True)
             scratch.mkdir(parents=True)
-            builder(scratch)
+            in_fresh_thread(lambda: builder(scratch))  # the server's main thread keeps no OpenMP pool
             (scratch / ".complete").touch()
             shutil.rmtree(folder, ignore_errors=True)
             scratch.rename(folder)

@@ -9,6 +9,7 @@ test model records where it was asked to go while its tensors stay on CPU.
 from __future__ import annotations
 
 import gc
+import os
 import random
 import sys
 import threading
@@ -694,3 +695,43 @@ def test_the_idle_reaper_stops_with_its_manager():
     del mm
     gc.collect()
     assert wait_until(lambda: not any(t.is_alive() for t in reapers), seconds=5)
+
+
+class ParallelLoad(LinearModel):
+    """A load that runs parallel torch work, as real `from_pretrained` calls do (dtype casts, copies)."""
+
+    def load(self, device: str) -> nn.Module:
+        torch.ones(2**22).mul_(2)  # large enough for torch to split it across its OpenMP threads
+        return super().load(device)
+
+
+def process_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads through Linux's /proc")
+@pytest.mark.skipif(torch.get_num_threads() < 2, reason="torch runs single-threaded here: it starts no pool")
+def test_a_load_leaves_no_openmp_pool_behind_in_the_requesting_thread():
+    """A server thread that loads a model lives on; an OpenMP pool started in it would too, and slow every
+    other OpenMP user in the process. The load runs in a thread of its own, which takes its pool along."""
+    model = ParallelLoad("a", 4 * KIB)
+    mm = manager(64 * KIB, model)
+    loaded, finish = threading.Event(), threading.Event()
+
+    def server_thread() -> None:
+        load(mm, model)
+        loaded.set()
+        finish.wait(timeout=30)
+
+    before = process_threads()
+    worker = threading.Thread(target=server_thread)
+    worker.start()
+    try:
+        assert loaded.wait(timeout=30)
+        # The load's own thread and its pool exit just after the load returns; give them a moment.
+        assert wait_until(lambda: process_threads() == before + 1), (
+            f"{process_threads() - before - 1} threads left behind by one load"
+        )
+    finally:
+        finish.set()
+        worker.join()

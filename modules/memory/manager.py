@@ -35,6 +35,7 @@ from modules.memory.errors import DeviceBusy, DeviceOutOfMemory, ModelInUse, Mod
 from modules.memory.oom import is_out_of_memory, release_memory
 from modules.memory.policy import lru_victims
 from modules.memory.record import Loadable, ModelRecord, State
+from modules.memory.threads import in_fresh_thread
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -282,7 +283,8 @@ class MemoryManager:
 
     def _load_or_move(self, record: ModelRecord) -> Any:
         if record.state is not State.OFFLOADED:
-            return record.loader.load(self.device)
+            # A load's OpenMP pool must not stay behind in a long-lived server thread (see `threads`).
+            return in_fresh_thread(lambda: record.loader.load(self.device))
         try:
             return record.loader.move(record.model, self.device)
         except BaseException:
