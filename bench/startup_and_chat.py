@@ -123,11 +123,15 @@ def chat_ratio(workdir: Path, model_id: str) -> tuple[float, float, float, float
         raws, apps, firsts = [], [], []
         for _ in range(RUNS + 2):
             raws.append(raw_run())
+            # Each request in a new session, so a new conversation: Gradio keeps a chat's history per
+            # session, and the raw run answers the single-turn prompt every time.
+            client.reset_session()
             started = time.perf_counter()
             _reply, note = client.predict(*args, api_name="/chat")
             tokens = int(note["metadata"]["title"].split(" tokens")[0].split()[-1])
             apps.append(tokens / (time.perf_counter() - started))
             # Time to first token: a separate request, watched until its first streamed text.
+            client.reset_session()
             started = time.perf_counter()
             job = client.submit(*args, api_name="/chat")
             while not [o for o in job.outputs() if o] and not job.done():
