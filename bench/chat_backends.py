@@ -4,7 +4,7 @@ One app server serves the embedded GGUF twice, once per backend; the same greedy
 turn, and to llama.cpp called directly in this process, for several rounds (interleaved, so a noisy
 machine slows all three alike). Speeds are end to end as a client sees them: tokens / request seconds.
 
-    python bench/chat_backends.py [--rounds 3] [--max-new-tokens 128]
+    python bench/chat_backends.py [--rounds 5] [--max-new-tokens 128]
 
 Targets (issue 5): llama.cpp / transformers through Atelier >= 4; Atelier llama.cpp / raw llama.cpp >= 0.9.
 Each conversation is single-turn and fresh (a new Gradio session per request).
@@ -74,7 +74,7 @@ def raw_llama(llm, max_new_tokens: int) -> tuple[int, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     args = parser.parse_args()
 
