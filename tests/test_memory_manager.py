@@ -609,6 +609,7 @@ def test_offloads_to_cpu_on_an_accelerator_and_brings_the_copy_back():
         assert module.placed_on == "cuda:0"
         assert state(mm, "b") is State.OFFLOADED
     assert a.load_calls == 1 and a.moves == ["cpu", "cuda:0"]
+    assert next(s.loads for s in mm.status() if s.key == "a") == 1  # brought back, not loaded again
     assert_accounting_consistent(mm)
 
 

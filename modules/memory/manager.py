@@ -233,6 +233,7 @@ class MemoryManager:
             self._make_room(needed + working_bytes, record, deadline)
             record.reserved_bytes = needed + working_bytes
             record.pins += 1
+            reactivating = record.state is State.OFFLOADED  # a copy in CPU RAM comes back; no load
         started = time.perf_counter()
         try:
             model = self._bring_in(record)
@@ -249,7 +250,8 @@ class MemoryManager:
             record.model, record.bytes, record.state = model, measured, State.ON_DEVICE
             del model
             record.last_load_seconds = time.perf_counter() - started
-            record.loads += 1
+            if not reactivating:
+                record.loads += 1
             try:
                 # The reservation covers this unless the estimate was low; then evict others at once.
                 # Never wait here: waiting while holding the model is what `_acquire` avoids.

@@ -57,6 +57,7 @@ class ModelRecord:
     reserved_bytes: int = 0
     last_used: float = 0.0
     last_load_seconds: float | None = None
+    #: Loads from the model's files; bringing an offloaded copy back from CPU RAM is not one.
     loads: int = 0
     #: Serialises loads of this one model, so concurrent first uses load it exactly once.
     load_lock: threading.Lock = field(default_factory=threading.Lock)
