@@ -35,7 +35,7 @@ def music(client: Client, prompt: str, duration: object = 2, **settings: object)
         prompt,
         duration,
         settings.get("seed", 1),
-        False,  # randomise
+        settings.get("randomise", False),
         settings.get("top_k", 250),
         settings.get("top_p", 0.0),
         settings.get("temperature", 1.0),
@@ -97,6 +97,14 @@ def test_same_seed_gives_the_same_samples(tiny_client: Client) -> None:
     again, _ = wav_of(music(tiny_client, "calm jazz", duration=1, seed=123).result(timeout=120))
     other, _ = wav_of(music(tiny_client, "calm jazz", duration=1, seed=124).result(timeout=120))
     assert np.array_equal(first, again) and not np.array_equal(first, other)
+
+
+def test_a_random_seed_is_reported_and_remakes_the_same_samples(tiny_client: Client) -> None:
+    result = music(tiny_client, "calm jazz", duration=1, seed=5, randomise=True).result(timeout=120)
+    used = int(result[2])
+    assert used != 5 and f"-seed{used}-" in result[-1][0], "the seed box and the file name give the seed used"
+    again, _ = wav_of(music(tiny_client, "calm jazz", duration=1, seed=used).result(timeout=120))
+    assert np.array_equal(wav_of(result)[0], again)
 
 
 def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import random
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,6 +16,7 @@ from modules.tabs.common import (
     model_notes,
     named_errors,
     pick,
+    request_seed,
     setting_slider,
     step_progress,
     user_errors,
@@ -60,7 +60,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
             with gr.Row():
-                seed = named_errors(gr.Number(first.defaults.seed, label="Seed", precision=0, minimum=0))
+                seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0))
                 randomize = gr.Checkbox(True, label="New random seed each time")
             with gr.Accordion("Sampling", open=False):
                 top_k = setting_slider(first, "top_k", "Top-k", step=1)
@@ -96,7 +96,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         model_id: str,
         prompt_text: str,
         duration_s: float,
-        seed_value: float,
+        seed_value: float | None,
         randomize_seed: bool,
         top_k_value: float,
         top_p_value: float,
@@ -105,11 +105,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
         wrapper = pick(wrappers, model_id)
-        if randomize_seed:
-            seed_value = random.randrange(2**32)
         settings = {
             "duration": duration_s,
-            "seed": seed_value,
+            "seed": request_seed(seed_value, randomize_seed),
             "top_k": top_k_value,
             "top_p": top_p_value,
             "temperature": temperature_value,
@@ -126,11 +124,11 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         for item in wrapper.generate(prompt_text, on_step=on_step, **settings):
             if not item.done:
                 chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
-                yield (chunk, status_line(item, wrapper.entry.name), seed_value, *quiet)
+                yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
                 continue
             paths = [str(path) for path in item.paths]
             shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
-            yield (gr.skip(), status_line(item, wrapper.entry.name), seed_value, *shown, paths)
+            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
 
     event = run.click(
         generate,

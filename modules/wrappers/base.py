@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import os
 import queue
+import secrets
 import socket
 import threading
 import time
@@ -56,6 +57,15 @@ def validate_settings(schema: type[Settings], values: dict[str, Any]) -> Setting
         name = ".".join(str(part) for part in error["loc"]) or "settings"
         value = error.get("input")
         raise InvalidInput(f"{name}={value!r}: {error['msg']}") from None
+
+
+#: Seeds are 32-bit, as in A1111 and ComfyUI; -1 in a request asks for a random one.
+MAX_SEED = 2**32 - 1
+
+
+def resolve_seed(seed: int) -> int:
+    """The request's seed, or a fresh random one when it is -1 (the result reports which was used)."""
+    return seed if seed >= 0 else secrets.randbelow(MAX_SEED + 1)
 
 
 def check_prompt(prompt: object, max_chars: int, name: str = "prompt") -> str:

@@ -16,7 +16,6 @@ The same seed gives the same points: noise and churn are drawn from the request'
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import time
 import uuid
@@ -29,6 +28,7 @@ import numpy as np
 from pydantic import Field
 
 from modules.wrappers.base import (
+    MAX_SEED,
     ModelUnavailable,
     OnStep,
     Settings,
@@ -36,11 +36,11 @@ from modules.wrappers.base import (
     Wrapper,
     check_prompt,
     hub_reachable,
+    resolve_seed,
     stream_from_thread,
 )
 
 log = logging.getLogger(__name__)
-MAX_SEED = 2**32 - 1
 #: Parameters of CLIP ViT-L/14's text tower with its projection (the official model's text encoder).
 CLIP_TEXT_PARAMETERS = 123_700_000
 #: Stage names the sampler reports, and "download" for fetching the official checkpoints.
@@ -212,7 +212,7 @@ class PointEWrapper(Wrapper):
         # 1. Check inputs
         settings = self.settings(**overrides)
         prompt = self.check_inputs(prompt, settings)
-        seed = settings.seed if settings.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        seed = resolve_seed(settings.seed)
         # 2. Fetch the official checkpoints (first use only), outside the lease and stoppable
         if self.official() and self.missing_checkpoints():
             yield from self._relay(lambda emit, stop: self._download(emit, stop), None, settings)

@@ -14,7 +14,6 @@ writes, so other tools read them back.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 import uuid
@@ -26,14 +25,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from modules.wrappers.base import (
+    MAX_SEED,
     InvalidInput,
     ModelUnavailable,
     OnStep,
     Settings,
+    Step,
     Wrapper,
     check_prompt,
-    Step,
     relay_steps,
+    resolve_seed,
 )
 
 SchedulerName = Literal["default", "euler", "euler-a", "dpm++-2m", "ddim"]
@@ -54,7 +55,6 @@ SAMPLER_NAMES = {
     "PNDMScheduler": "PLMS",
     "LMSDiscreteScheduler": "LMS",
 }
-MAX_SEED = 2**32 - 1
 #: Activation bytes per latent position, per image, per guidance branch, per UNet base channel and per
 #: byte of dtype: an upper estimate (SD 1.5 at 512x512 in fp16 with guidance: about 2 GiB).
 WORK_PER_CHANNEL = 400
@@ -202,7 +202,7 @@ class DiffusersTextToImage(Wrapper):
         settings = self.settings(**overrides)
         prompt = self.check_inputs(prompt, settings)
         # 2. Pick the seeds: image i of a batch uses seed + i, so each one can be remade alone
-        first = settings.seed if settings.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
+        first = resolve_seed(settings.seed)
         seeds = [(first + i) % (MAX_SEED + 1) for i in range(settings.batch)]
         # 3. Denoise inside a lease that declares the latents' and activations' memory
         yield from self.manager.stream(

@@ -22,7 +22,7 @@ import importlib.util
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,12 +31,14 @@ import numpy as np
 from pydantic import Field
 
 from modules.wrappers.base import (
+    MAX_SEED,
     InvalidInput,
     ModelUnavailable,
     OnStep,
     Settings,
     Wrapper,
     check_prompt,
+    resolve_seed,
     stream_from_thread,
 )
 
@@ -47,7 +49,7 @@ class MusicSettings(Settings):
     top_p: float = Field(0.0, ge=0.0, le=1.0, description="nucleus sampling; 0 turns it off")
     temperature: float = Field(1.0, gt=0.0, le=4.0)
     guidance: float = Field(3.0, ge=1.0, le=20.0, description="classifier-free guidance; 1 turns it off")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed")
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,7 @@ class MusicProgress:
     seconds: float  # of audio generated so far
     total_seconds: float  # asked for
     wall_seconds: float
+    seed: int  # the one used (a random one when the request asked for -1)
     done: bool = False
     audio: np.ndarray | None = None  # (prompts, samples): every chunk joined, on the final item only
     paths: tuple[Path, ...] = ()  # the WAV files written, on the final item only
@@ -211,6 +214,7 @@ class TransformersMusicgen(Wrapper):
         # 1. Check inputs
         settings = self.settings(**overrides)
         prompts = self.check_inputs(prompt, settings)
+        settings = settings.model_copy(update={"seed": resolve_seed(settings.seed)})
         # 2. Generate inside a lease, streaming chunks; the manager retries once after an early OOM
         working = self.working_bytes(len(prompts), settings)
         final: MusicProgress | None = None
@@ -239,12 +243,14 @@ class TransformersMusicgen(Wrapper):
             while True:
                 chunk = next(pieces)
                 seconds += chunk.shape[1] / rate
-                yield MusicProgress(chunk, rate, seconds, settings.duration, time.perf_counter() - started)
+                yield MusicProgress(chunk, rate, seconds, settings.duration, time.perf_counter() - started, settings.seed)
         except StopIteration as end:
             decoder = end.value
         audio = decoder.audio()
         wall = time.perf_counter() - started
-        yield MusicProgress(audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, done=True, audio=audio)
+        yield MusicProgress(
+            audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, settings.seed, done=True, audio=audio
+        )
 
     def generation_inputs(self, model: LoadedMusicgen, prompts: list[str]) -> dict[str, Any]:
         return dict(model.processor(text=prompts, padding=True, return_tensors="pt").to(model.model.device))
@@ -324,16 +330,7 @@ class TransformersMusicgen(Wrapper):
             path = folder / f"{stamp}-{self.entry.id}-seed{settings.seed}-{index + 1}.wav"
             soundfile.write(path, samples, final.sampling_rate, subtype="PCM_16")
             paths.append(path)
-        return MusicProgress(
-            final.chunk,
-            final.sampling_rate,
-            final.seconds,
-            final.total_seconds,
-            final.wall_seconds,
-            done=True,
-            audio=final.audio,
-            paths=tuple(paths),
-        )
+        return replace(final, paths=tuple(paths))
 
 
 class TransformersMusicgenMelody(TransformersMusicgen):
