@@ -7,12 +7,14 @@ are finite. Tokenizers are borrowed from the tiny models of `modules/tiny.py` (n
 only a few hundred ids, so tokens the random models pick beyond them decode to nothing, which changes no
 timing and no memory.
 
-Published configurations (hub `config.json` files, copied here because the check may not download):
-  SD 1.5      stable-diffusion-v1-5/stable-diffusion-v1-5: unet/, vae/, text_encoder/ (CLIP ViT-L/14 text)
-  MusicGen    facebook/musicgen-small: T5-base text encoder, 32 kHz EnCodec, 24-layer 1024-wide decoder
-  BLIP        Salesforce/blip-image-captioning-base: ViT-B/16 at 384 px, BERT-base text decoder
-  Chat        HuggingFaceTB/SmolLM2-1.7B-Instruct: Llama, 24 layers, 2048 wide, 32 heads, tied embeddings
-  Point-E     openai/point-e base40M-textvec and upsample (modules/pointe/config.py), CLIP ViT-L/14 text
+Published configurations (hub `config.json` files, copied here because the check may not download;
+the parameter counts below were checked on the meta device):
+  SD 1.5      stable-diffusion-v1-5/stable-diffusion-v1-5: UNet 860M, VAE 84M, CLIP ViT-L/14 text 123M
+  MusicGen    facebook/musicgen-small: T5-base text encoder, 32 kHz EnCodec, 24-layer decoder: 587M
+  BLIP        Salesforce/blip-image-captioning-base: ViT-B/16 at 384 px, BERT-base text decoder (224M
+              parameters: transformers ties the decoder's output layer to its embeddings; the hub lists 247M)
+  Chat        HuggingFaceTB/SmolLM2-1.7B-Instruct: Llama, 24 layers, 2048 wide, tied embeddings: 1.71B
+  Point-E     openai/point-e base40M-textvec and upsample (40M each), CLIP ViT-L/14 text 124M
 """
 
 from __future__ import annotations
