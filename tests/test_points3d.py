@@ -24,11 +24,10 @@ def submit(client: Client, prompt: str = "a red chair", seed: object = 7, **sett
     """One /generate_3d request (fixed seed unless `seed` is None); returns the job."""
     return client.submit(
         prompt,
-        MODEL,
-        settings.get("guidance", 3.0),
-        settings.get("num_steps", 4),
-        0 if seed is None else seed,
-        seed is None,
+        model=MODEL,
+        seed=-1 if seed is None else seed,
+        steps=settings.get("num_steps", 4),
+        guidance=settings.get("guidance", 3.0),
         api_name="/generate_3d",
     )
 
@@ -76,11 +75,11 @@ def test_same_seed_gives_the_same_points(tiny_client: Client) -> None:
         ("", {}, "prompt is empty"),
         ("   ", {}, "prompt is empty"),
         ("x" * 100_000, {}, "prompt is 100,000 characters; the limit on this server is 10,000"),
-        ("a chair", {"num_steps": 0}, "Value 0 is less than minimum value 1"),
-        ("a chair", {"num_steps": 10_000}, "Value 10000 is greater than maximum value 256"),
-        ("a chair", {"guidance": "strong"}, "Guidance (base stage)='strong' is not a number"),
-        ("a chair", {"guidance": -1}, "Value -1 is less than minimum value 0"),
-        ("a chair", {"seed": "lucky"}, "Seed='lucky' is not a number"),
+        ("a chair", {"num_steps": 0}, "steps: Value 0 is less than minimum value 1"),
+        ("a chair", {"num_steps": 10_000}, "steps: Value 10000 is greater than maximum value 256"),
+        ("a chair", {"guidance": "strong"}, "guidance='strong' is not a number"),
+        ("a chair", {"guidance": -1}, "guidance: Value -1 is less than minimum value 0"),
+        ("a chair", {"seed": "lucky"}, "seed='lucky' is not a number"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(
