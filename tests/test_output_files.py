@@ -9,9 +9,11 @@ same code paths in-process where a known input is needed.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -271,3 +273,45 @@ def test_glb_is_y_up_by_a_rotation_not_a_mirror(tmp_path: Path) -> None:
     cross = np.cross(x_dir / np.linalg.norm(x_dir), y_dir / np.linalg.norm(y_dir))
     assert np.allclose(cross, up_dir, atol=1e-6), f"handedness flipped: X x Y = {cross}"
     assert np.allclose(linear[:, :3], srgb_to_linear(colours), atol=1e-6)
+
+
+def test_the_viewer_shows_the_written_cloud_upright(tmp_path: Path) -> None:
+    """Headless Chromium: the PLY the 3D tab shows stands upright in Gradio's Model3D viewer (Y-up)."""
+    import gradio as gr
+    from PIL import Image
+
+    from tests.test_ui import CHROMIUM_FLAGS, playwright_api  # skips where Playwright is not installed
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    points, _ = chiral_cloud()
+    column = points[:400]
+    colours = np.where(column[:, 2:] > 0, [255, 0, 0], [0, 0, 255]).astype(np.uint8)  # red top, blue bottom
+    ply, _ = write_point_cloud(column, colours, tmp_path / "column", {"prompt": "column"})
+    with gr.Blocks() as demo:  # the viewer as the 3D tab configures it
+        gr.Model3D(value=str(ply), display_mode="point_cloud", clear_color=(0.1, 0.1, 0.12, 1.0))
+    _, url, _ = demo.launch(prevent_thread_lock=True, allowed_paths=[str(tmp_path)], quiet=True)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+            try:
+                page = browser.new_page(viewport={"width": 900, "height": 900})
+                page.goto(url)
+                canvas = page.locator("canvas").first
+                canvas.wait_for(timeout=30_000)
+                deadline = time.monotonic() + 30
+                while True:  # until the viewer has drawn the points
+                    shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+                    red = (shot[..., 0] > 120) & (shot[..., 1] < 80) & (shot[..., 2] < 80)
+                    blue = (shot[..., 2] > 120) & (shot[..., 0] < 80) & (shot[..., 1] < 80)
+                    if (red.sum() > 50 and blue.sum() > 50) or time.monotonic() > deadline:
+                        break
+            finally:
+                browser.close()
+    finally:
+        demo.close()
+    assert red.sum() > 50 and blue.sum() > 50, "the viewer shows no points"
+    rows, cols = np.nonzero(red | blue)
+    assert np.ptp(rows) > 2 * np.ptp(cols), "the column does not stand upright"
+    assert np.nonzero(red)[0].mean() < np.nonzero(blue)[0].mean(), "the column stands upside down"
