@@ -108,7 +108,7 @@ class StageStep(Step):
 
 @dataclass(frozen=True)
 class PointCloudResult:
-    points: np.ndarray  # (N, 3) float32
+    points: np.ndarray  # (N, 3) float32, in Point-E's Z-up frame (the files are turned Y-up)
     colors: np.ndarray  # (N, 3) uint8
     ply: Path
     glb: Path

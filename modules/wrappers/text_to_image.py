@@ -371,7 +371,7 @@ class DiffusersTextToImage(Wrapper):
     ) -> ImageResult:
         from PIL.PngImagePlugin import PngInfo
 
-        sampler = a1111_sampler(pipe.scheduler)
+        sampler, model_name, model_hash = a1111_sampler(pipe.scheduler), self.checkpoint_name(), self.model_hash()
         flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
         folder = self.host.output_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
@@ -380,7 +380,7 @@ class DiffusersTextToImage(Wrapper):
         for image, seed, withheld in zip(output.images, seeds, flagged):
             if withheld:
                 continue
-            parameters = parameters_text(prompt, settings, seed, sampler, self.checkpoint_name(), self.model_hash())
+            parameters = parameters_text(prompt, settings, seed, sampler, model_name, model_hash)
             info = PngInfo()
             info.add_text("parameters", parameters)
             path = folder / f"{stamp}-{seed}-{uuid.uuid4().hex[:6]}.png"
