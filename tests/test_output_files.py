@@ -79,6 +79,23 @@ def test_png_without_negative_prompt_or_guidance_reads_as_a1111_writes_it(tiny_c
     assert line.endswith(", Model: tiny-sd, RNG: CPU")
 
 
+def test_model_hash_is_computed_once_per_version_of_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from modules.wrappers.metadata import file_sha256
+
+    monkeypatch.setenv("ATELIER_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"weights v1")
+    assert file_sha256(weights) == hashlib.sha256(b"weights v1").hexdigest()
+    stamp = weights.stat()
+    weights.write_bytes(b"weights v2")  # same size; put the old modification time back
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert file_sha256(weights) == hashlib.sha256(b"weights v1").hexdigest(), "hashed again, not read from the cache"
+    os.utime(weights, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1))
+    assert file_sha256(weights) == hashlib.sha256(b"weights v2").hexdigest(), "a changed file kept its old hash"
+
+
 SD15_SCHEDULER = {  # stable-diffusion-v1-5's scheduler/scheduler_config.json
     "_class_name": "PNDMScheduler",
     "beta_end": 0.012,
