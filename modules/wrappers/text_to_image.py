@@ -21,6 +21,7 @@ Every PNG written records its parameters in a `parameters` text chunk, written e
   (modules/wrappers/metadata.py keeps it).
 - `Model`: the checkpoint's name as A1111 shows it: the file name without extension, else the hub
   repo's or the folder's name (e.g. `sd-turbo` for stabilityai/sd-turbo), not Atelier's catalogue id.
+A1111's `Version` is left out: it names the A1111 release that made the image, and none did.
 """
 
 from __future__ import annotations
