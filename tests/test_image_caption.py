@@ -7,6 +7,7 @@ both models and evicting one when the budget only fits one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -84,12 +85,15 @@ def test_png_carries_a1111_parameters_and_batch_seeds_count_up(tiny_client: Clie
         tiny_client, "a lighthouse at dusk", seed=1234, negative_prompt="blurry", batch=2, scheduler="euler-a", guidance=3.5
     )
     assert used == 1234 and len(paths) == 2
+    weights = build_tiny_catalog().tasks["image"].get(IMAGE).source.local_folder() / "unet" / "diffusion_pytorch_model.safetensors"
+    model_hash = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
     for path, seed in zip(paths, (1234, 1235)):
         text = Image.open(path).info["parameters"]
         assert text.splitlines() == [
             "a lighthouse at dusk",
             "Negative prompt: blurry",
-            f"Steps: 4, Sampler: Euler a, CFG scale: 3.5, Seed: {seed}, Size: 64x64, Model: tiny-sd",
+            f"Steps: 4, Sampler: Euler a, Schedule type: Uniform, CFG scale: 3.5, Seed: {seed}, Size: 64x64, "
+            f"Model hash: {model_hash}, Model: tiny-sd, RNG: CPU",
         ]
     alone, _, _, _ = generate(tiny_client, "a lighthouse at dusk", seed=1235, negative_prompt="blurry", scheduler="euler-a", guidance=3.5)
     # A batch of 2 and a batch of 1 run different BLAS blockings, so float rounding may move a few pixels

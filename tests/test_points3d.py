@@ -1,7 +1,8 @@
 """3D tab end to end: the tiny Point-E on a real server on loopback, driven by gradio_client.
 
 Covers the Model3D file, the exported PLY and GLB read back with trimesh, seeds that reproduce the
-points, bad input, and Stop releasing the lease.
+points, bad input, and Stop releasing the lease. tests/test_output_files.py reads the files' parameters,
+orientation and colours back with other readers.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def test_generation_returns_a_model3d_file_and_ply_glb_downloads(tiny_client: Cl
     assert isinstance(from_ply, trimesh.PointCloud) and isinstance(from_glb, trimesh.PointCloud)
     assert from_ply.vertices.shape == from_glb.vertices.shape == (TINY_POINTS, 3)
     assert np.allclose(from_ply.vertices, from_glb.vertices, atol=1e-6)
-    assert from_ply.colors.shape == (TINY_POINTS, 4) and np.array_equal(from_ply.colors, from_glb.colors)
+    assert from_ply.colors.shape == (TINY_POINTS, 4)  # the GLB's are linear: see tests/test_output_files.py
     assert len(np.unique(from_ply.colors[:, :3], axis=0)) > 1, "every point has the same colour"
     assert np.array_equal(cloud_of(viewer).vertices, from_ply.vertices)
 
