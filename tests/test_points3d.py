@@ -129,7 +129,5 @@ def test_the_point_cloud_renders_in_the_browser(tiny_app: AppServer) -> None:
         finally:
             browser.close()
     background = np.median(shot, axis=0)
-    import os
-    if os.environ.get("DBG"): open(os.environ["DBG"], "wb").write(png)
     drawn = np.abs(shot.astype(int) - background).sum(axis=1) > 60
     assert drawn.mean() > 0.001, "the Model3D canvas shows no points"
