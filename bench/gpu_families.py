@@ -140,13 +140,11 @@ class StableDiffusion15(Family):
         return consume(wrapper.generate(PROMPT, **settings))
 
     def _raw_pipe(self, pipe: Any, wrapper: Any, settings: dict[str, Any]) -> tuple[Any, Any]:
-        import diffusers
-
-        from modules.wrappers.text_to_image import SCHEDULERS
+        """The loaded pipeline with the same scheduler the wrapper picks for these settings."""
+        from modules.wrappers.text_to_image import scheduler_for
 
         chosen = wrapper.settings(**settings)
-        name = SCHEDULERS[chosen.scheduler] or type(pipe.scheduler).__name__
-        return type(pipe).from_pipe(pipe, scheduler=getattr(diffusers, name).from_config(pipe.scheduler.config)), chosen
+        return type(pipe).from_pipe(pipe, scheduler=scheduler_for(chosen.scheduler, pipe.scheduler)), chosen
 
     def run_raw(self, model: Any, wrapper: Any, settings: dict[str, Any], output_type: str = "pil") -> Any:
         import torch
