@@ -199,7 +199,7 @@ class PointEPipeline:
             base_sampler,
             upsampler_sampler,
         )
-        samples = sampler.sample(text_embed, generator, on_step=on_step, should_stop=should_stop)
+        samples = sampler.sample({"text_embed": text_embed}, generator, on_step=on_step, should_stop=should_stop)
         # 4. Postprocess: (1, 6, N) -> xyz and 8-bit RGB
         points = samples[0, :3].T.float().cpu().numpy()
         colors = samples[0, 3:].T.clamp(0, 255).round().to(torch.uint8).cpu().numpy()
