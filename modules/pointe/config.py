@@ -211,6 +211,7 @@ class SDFConfig:
     blocks lets each query point read those latents, and predicts its signed distance.
     """
 
+    model_type: Literal["sdf"] = "sdf"  # tells a saved folder's config.json from a point-diffusion one
     width: int = 256
     encoder_layers: int = 8
     encoder_heads: int = 4
