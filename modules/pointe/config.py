@@ -185,6 +185,11 @@ class SamplerConfig:
     def upsample(cls) -> SamplerConfig:
         return cls(sigma_max=160.0, s_churn=0.0, guidance_scale=0.0)
 
+    @classmethod
+    def upsample_on_image(cls) -> SamplerConfig:
+        """The official image2pointcloud example guides the upsampler too, on the image grid."""
+        return cls(sigma_max=160.0, s_churn=0.0, guidance_scale=3.0)
+
     @property
     def uses_guidance(self) -> bool:
         return self.guidance_scale not in (0.0, 1.0)
