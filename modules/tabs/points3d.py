@@ -1,9 +1,11 @@
-"""3D tab: Point-E text-to-point-cloud, shown in a Model3D viewer, with PLY and GLB downloads."""
+"""3D tab: Point-E from a prompt or from an image, shown in a Model3D viewer, with PLY and GLB downloads,
+and optionally a coloured mesh (GLB, OBJ, STL)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -25,10 +27,22 @@ STAGE_LABELS = {
     "download": "Downloading the Point-E checkpoints (MB)",
     "base": "Stage 1 of 2: base model",
     "upsample": "Stage 2 of 2: upsampler",
+    "mesh": "Mesh: signed distances on the grid (query batches)",
 }
+FROM_TEXT, FROM_IMAGE = "From text", "From an image"
 
 #: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
 BAR_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Points3DTab:
+    """What the bridge to other tabs may touch: the image input and a way to run the image path."""
+
+    image: gr.File
+    source: gr.Radio  # FROM_TEXT or FROM_IMAGE
+    #: Chains the image-path generation after another event (the Image tab's "Make 3D").
+    run_from_image: Callable[[Any], Any]
 
 
 def presets(wrapper: PointEWrapper) -> dict[str, int]:
@@ -47,24 +61,50 @@ def initial_steps(wrapper: PointEWrapper) -> int:
 
 
 def stats_line(result: PointCloudResult, model_name: str) -> str:
-    return (
+    line = (
         f"⏱ {result.seconds:.2f} s · {result.steps} steps (both stages) · {result.steps_per_second:.2f} steps/s · "
         f"{len(result.points):,} points · seed {result.seed} · {model_name}"
     )
+    if result.mesh is not None:
+        line += f" · mesh of {result.mesh.vertices:,} vertices, {result.mesh.faces:,} faces"
+    lineage = result.lineage
+    if lineage:
+        made = [f"from {lineage['source_image']}"]
+        if "source_prompt" in lineage:
+            made.append(f"prompt “{lineage['source_prompt']}”")
+        made += [f"{label} {lineage[key]}" for key, label in (("source_seed", "seed"), ("source_model", "model")) if key in lineage]
+        line += " · " + ", ".join(made)
+    return line
 
 
 def status_line(step: StageStep) -> str:
     return f"{STAGE_LABELS[step.stage]}: {step.step} of {step.total}"
 
 
-def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> None:
+def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> Points3DTab:
+    text_wrappers = {k: w for k, w in wrappers.items() if w.condition == "text"}
+    image_wrappers = {k: w for k, w in wrappers.items() if w.condition == "image"}
+    text_default = default if default in text_wrappers else next(iter(text_wrappers), None)
+    image_default = default if default in image_wrappers else next(iter(image_wrappers), None)
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    notes = gr.Markdown(model_notes(first))
+    source = gr.Radio(
+        [FROM_TEXT, FROM_IMAGE], value=FROM_TEXT if first.condition == "text" else FROM_IMAGE,
+        label="Make a point cloud", interactive=bool(text_wrappers) and bool(image_wrappers),
+    )
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
+            with gr.Group(visible=first.condition == "text") as text_group:
+                model = model_dropdown(text_wrappers, text_default) if text_wrappers else gr.State(None)
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
+                run = gr.Button("Generate", variant="primary", interactive=bool(text_wrappers))
+            with gr.Group(visible=first.condition == "image") as image_group:
+                image_model = (
+                    model_dropdown(image_wrappers, image_default, label="Image model") if image_wrappers else gr.State(None)
+                )
+                # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
+                image = gr.File(label="Image", file_types=["image"], type="filepath")
+                run_image = gr.Button("Generate from the image", variant="primary", interactive=bool(image_wrappers))
+            notes = gr.Markdown(model_notes(first))
             preset = gr.Radio(
                 list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
             )
@@ -75,13 +115,47 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
                 seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
                 randomise = gr.Checkbox(value=True, label="Randomise seed")
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            with gr.Row(equal_height=True):
+                make_mesh = gr.Checkbox(value=False, label="Make a mesh", info="SDF model + marching cubes; GLB, OBJ, STL")
+                mesh_grid = setting_slider(first, "mesh_grid", "Mesh grid (samples per axis)", step=8)
+            stop = gr.Button("Stop", variant="stop")
         with gr.Column():
             viewer = gr.Model3D(label="Point cloud", display_mode="point_cloud", clear_color=(0.1, 0.1, 0.12, 1.0))
+            mesh_viewer = gr.Model3D(label="Mesh (with Make a mesh)", display_mode="solid", clear_color=(0.1, 0.1, 0.12, 1.0))
             stats = gr.Markdown()
-            downloads = gr.File(label="Download PLY and GLB", file_count="multiple", interactive=False)
+            downloads = gr.File(label="Downloads: PLY, GLB (and the mesh)", file_count="multiple", interactive=False)
+
+    def run_wrapper(wrapper: PointEWrapper, condition: Any, settings: dict[str, Any], progress: gr.Progress) -> Iterator[Any]:
+        def with_bar(items: Iterable[Any]) -> Iterator[Any]:
+            """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
+            shown = float("-inf")
+            for item in items:
+                if isinstance(item, StageStep) and (item.step == item.total or time.monotonic() - shown >= BAR_SECONDS):
+                    shown = time.monotonic()
+                    unit = {"download": "MB", "mesh": "batches"}.get(item.stage, "steps")
+                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit=unit)
+                yield item
+
+        def finish(result: PointCloudResult) -> tuple[Any, ...]:
+            files = [str(result.ply), str(result.glb)]
+            mesh = None
+            if result.mesh is not None:
+                files += [str(p) for p in result.mesh.paths]
+                mesh = str(result.mesh.glb)
+            return str(result.ply), mesh, files, result.seed, stats_line(result, wrapper.entry.name)
+
+        yield from stepped_outputs(
+            with_bar(wrapper.generate(condition, **settings)), outputs=5, status=status_line, finish=finish
+        )
+
+    def request_settings(guidance_value: Any, steps_value: Any, seed_value: Any, random_seed: Any, mesh: Any, grid: Any) -> dict[str, Any]:
+        return {
+            "guidance": guidance_value,
+            "num_steps": steps_value,
+            "seed": request_seed(seed_value, bool(random_seed)),
+            "make_mesh": bool(mesh),
+            "mesh_grid": grid,
+        }
 
     @user_errors
     def generate(
@@ -91,46 +165,83 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
         num_steps: float,
         seed_value: float | None,
         random_seed: bool,
+        make_a_mesh: bool = False,
+        mesh_samples: float | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
-        settings = {
-            "guidance": guidance_scale,
-            "num_steps": num_steps,
-            "seed": request_seed(seed_value, random_seed),
-        }
+        wrapper = pick(text_wrappers, model_id)
+        settings = request_settings(guidance_scale, num_steps, seed_value, random_seed, make_a_mesh, mesh_samples)
+        yield from run_wrapper(wrapper, prompt_text, settings, progress)
 
-        def with_bar(items: Iterable[Any]) -> Iterator[Any]:
-            """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
-            shown = float("-inf")
-            for item in items:
-                if isinstance(item, StageStep) and (item.step == item.total or time.monotonic() - shown >= BAR_SECONDS):
-                    shown = time.monotonic()
-                    unit = "MB" if item.stage == "download" else "steps"
-                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit=unit)
-                yield item
+    @user_errors
+    def generate_from_image(
+        image: str | None,
+        model: str | None = None,
+        guidance: float | None = None,
+        steps: float | None = None,
+        seed: float | None = None,
+        randomise_seed: bool = True,
+        make_mesh: bool = False,
+        mesh_grid: float | None = None,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        """Point-E from an image: a point cloud (PLY, GLB) and, with make_mesh, a coloured mesh (GLB, OBJ, STL).
 
-        def finish(result: PointCloudResult) -> tuple[Any, ...]:
-            return str(result.ply), [str(result.ply), str(result.glb)], result.seed, stats_line(result, wrapper.entry.name)
+        image: the picture (a path or upload); model: an image model id (default: the first);
+        guidance: classifier-free guidance of the base stage; steps: Heun steps per stage; seed: used
+        unless randomise_seed; mesh_grid: marching-cubes samples per axis (official 128).
+        """
+        wrapper = pick(image_wrappers, image_default if model is None else model)
+        settings = request_settings(guidance, steps, seed, randomise_seed, make_mesh, mesh_grid)
+        yield from run_wrapper(wrapper, image, settings, progress)
 
-        yield from stepped_outputs(
-            with_bar(wrapper.generate(prompt_text, **settings)), outputs=4, status=status_line, finish=finish
-        )
-
+    outputs = [viewer, mesh_viewer, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
         generate,
-        [prompt, model, guidance, steps, seed, randomise],
-        [viewer, downloads, seed_used, stats],
+        [prompt, model, guidance, steps, seed, randomise, make_mesh, mesh_grid],
+        outputs,
         api_name="generate_3d",
         concurrency_id=DEVICE_QUEUE,
     )
-    # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
-    stop.click(None, cancels=[event], api_visibility="private")
-    preset.input(lambda label, model_id: presets(pick(wrappers, model_id)).get(label), [preset, model], steps, api_visibility="private")
+    image_inputs = [image, image_model, guidance, steps, seed, randomise, make_mesh, mesh_grid]
+    image_events = [
+        run_image.click(
+            generate_from_image, image_inputs, outputs, api_name="generate_3d_from_image", concurrency_id=DEVICE_QUEUE
+        )
+    ]
 
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        wrapper = pick(wrappers, model_id)
-        return model_notes(wrapper), gr.Radio(choices=list(presets(wrapper)), value=None), initial_steps(wrapper), wrapper.defaults.guidance
+    def run_from_image(after: Any) -> Any:
+        chained = after.then(generate_from_image, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE)
+        image_events.append(chained)
+        stop.click(None, cancels=[chained], api_visibility="private")
+        return chained
 
-    model.change(adopt_defaults, model, [notes, preset, steps, guidance], api_visibility="private")
+    # Stop cancels this browser's own events; closing a generator sets its stop flag and ends the lease.
+    stop.click(None, cancels=[event, *image_events], api_visibility="private")
+
+    def current(source_value: str, text_model: str | None, picture_model: str | None) -> PointEWrapper:
+        return pick(wrappers, text_model if source_value == FROM_TEXT else picture_model)
+
+    preset.input(
+        lambda label, *models: presets(current(*models)).get(label), [preset, source, model, image_model], steps,
+        api_visibility="private",
+    )
+
+    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+        wrapper = current(source_value, text_model, picture_model)
+        return (
+            gr.Group(visible=source_value == FROM_TEXT),
+            gr.Group(visible=source_value == FROM_IMAGE),
+            model_notes(wrapper),
+            gr.Radio(choices=list(presets(wrapper)), value=None),
+            initial_steps(wrapper),
+            wrapper.defaults.guidance,
+        )
+
+    choosers = [source, model, image_model]
+    defaults_out = [text_group, image_group, notes, preset, steps, guidance]
+    for chooser in choosers:
+        if isinstance(chooser, (gr.Radio, gr.Dropdown)):
+            chooser.change(adopt_defaults, choosers, defaults_out, api_visibility="private")
+    return Points3DTab(image=image, source=source, run_from_image=run_from_image)
