@@ -9,7 +9,6 @@ Without an official checkout it says so and exits cleanly (see bench/pointe_offi
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -19,23 +18,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pointe_official import import_official, official_root, skip  # noqa: E402
+from bench.pointe_official import arguments, official_modules  # noqa: E402
 from modules.pointe.config import PointDiffusionConfig  # noqa: E402
 from modules.pointe.model import build_model  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", help="an openai/point-e checkout (default: $POINTE_OFFICIAL)")
+    parser = arguments(__doc__)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    root = official_root(args.official)
-    if root is None:
-        return skip("pointe_image_step")
-    official = import_official(root)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    official = official_modules(args, "pointe_image_step")
+    if official is None:
+        return
 
     config = PointDiffusionConfig.base40m()
     ours = build_model(config).eval()

@@ -8,6 +8,7 @@ takes its place (the benchmarks pass CLIP grids in directly and never call CLIP)
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import types
@@ -52,3 +53,23 @@ def import_official(root: Path) -> dict[str, Any]:
 
 def skip(name: str) -> None:
     print(f"{name}: skipped, no official checkout (pass --official PATH or set POINTE_OFFICIAL)")
+
+
+def arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every comparison takes: --official and --threads."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--official", help="an openai/point-e checkout (default: $POINTE_OFFICIAL)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    return parser
+
+
+def official_modules(args: argparse.Namespace, name: str) -> dict[str, Any] | None:
+    """The official modules, threads set and torch seeded; None (after saying so) without a checkout."""
+    root = official_root(args.official)
+    if root is None:
+        skip(name)
+        return None
+    official = import_official(root)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    return official

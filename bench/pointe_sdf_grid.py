@@ -10,7 +10,6 @@ Without an official checkout it says so and exits cleanly (see bench/pointe_offi
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,24 +19,19 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.pointe_official import import_official, official_root, skip  # noqa: E402
+from bench.pointe_official import arguments, official_modules  # noqa: E402
 from modules.pointe.config import SDFConfig  # noqa: E402
 from modules.pointe.mesh import point_cloud_mesh  # noqa: E402
 from modules.pointe.sdf import PointCloudSDFModel  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--official", help="an openai/point-e checkout (default: $POINTE_OFFICIAL)")
+    parser = arguments(__doc__)
     parser.add_argument("--grid-size", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
-    root = official_root(args.official)
-    if root is None:
-        return skip("pointe_sdf_grid")
-    official = import_official(root)
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    official = official_modules(args, "pointe_sdf_grid")
+    if official is None:
+        return
 
     ours = PointCloudSDFModel(SDFConfig.official()).eval()
     theirs = official["model_from_config"](official["MODEL_CONFIGS"]["sdf"], torch.device("cpu")).eval()

@@ -164,3 +164,18 @@ def test_mesh_from_a_tiny_cloud(tiny: PointEPipeline) -> None:
     assert steps[-1] == (1, 1)
     with pytest.raises(ValueError, match="grid_size"):
         tiny.make_mesh(points, colors, grid_size=2)
+
+
+def test_imagevec_base_takes_the_image_vector(tiny_image: PointEImagePipeline) -> None:
+    """base40M-imagevec's shape: the text-vector architecture fed CLIP's unit-norm image embedding."""
+    imagevec = PointEImagePipeline(
+        build_model(PointDiffusionConfig.tiny_text(cond_width=16)),  # type: ignore[arg-type]
+        tiny_image.upsampler,
+        tiny_image.image_encoder,
+        tiny_image.image_processor,
+        upsampler_sampler=tiny_image.upsampler_sampler,
+    )
+    cond, upsampler_cond = imagevec.encode_condition(picture(5))
+    assert set(cond) == {"text_embed"} and set(upsampler_cond) == {"grid"}
+    points, _ = imagevec(picture(5), seed=0, num_steps=2)
+    assert points.shape == (256, 3) and np.isfinite(points).all()

@@ -45,6 +45,8 @@ class PointEImagePipeline(PointCloudPipeline):
     Folder layout adds image_encoder/ and image_processor/.
     """
 
+    condition_components = {"image_encoder": CLIPVisionModelWithProjection, "image_processor": CLIPImageProcessor}
+
     def __init__(
         self,
         base: ImageGridPointDiffusionTransformer | TextPointDiffusionTransformer,
@@ -78,9 +80,6 @@ class PointEImagePipeline(PointCloudPipeline):
         self.image_encoder = image_encoder.eval()
         self.image_processor = image_processor
 
-    def encoders(self) -> list[torch.nn.Module]:
-        return [self.image_encoder]
-
     @classmethod
     def from_official(
         cls,
@@ -102,20 +101,6 @@ class PointEImagePipeline(PointCloudPipeline):
         image_processor = CLIPImageProcessor.from_pretrained(clip_name_or_path)
         return cls(base, upsampler, image_encoder.to(device), image_processor, sdf=sdf)  # type: ignore[arg-type]
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        self._save_stages(folder)
-        self.image_encoder.save_pretrained(folder / "image_encoder")
-        self.image_processor.save_pretrained(folder / "image_processor")
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PointEImagePipeline:
-        folder = Path(folder)
-        stages = cls._load_stages(folder, device)
-        image_encoder = CLIPVisionModelWithProjection.from_pretrained(folder / "image_encoder", dtype=torch.float32)
-        image_processor = CLIPImageProcessor.from_pretrained(folder / "image_processor")
-        return cls(image_encoder=image_encoder.to(device), image_processor=image_processor, **stages)
-
     def check_inputs(self, image: Image.Image, guidance_scale: float, num_steps: int | None) -> None:
         if not isinstance(image, Image.Image):
             raise TypeError(f"image must be a PIL image, got {type(image).__name__}")
@@ -129,6 +114,11 @@ class PointEImagePipeline(PointCloudPipeline):
         grid = out.last_hidden_state[:, 1:].transpose(1, 2).float()  # (1, D, L): no post-LayerNorm, no projection
         vector = out.image_embeds.float()  # (1, P)
         return grid, vector / vector.norm(dim=-1, keepdim=True)
+
+    def encode_condition(self, image: Image.Image) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        grid, vector = self.encode_image(image)
+        base = {"grid": grid} if isinstance(self.base, ImageGridPointDiffusionTransformer) else {"text_embed": vector}
+        return base, {"grid": grid}  # the upsampler also sees the grid
 
     @torch.no_grad()
     def __call__(
@@ -146,11 +136,4 @@ class PointEImagePipeline(PointCloudPipeline):
         guidance_scale: classifier-free guidance of the base stage (default 3.0); the upsampler keeps its
         own (upsampler_sampler, 3.0 as the official example). Other arguments as PointEPipeline.__call__.
         """
-        guidance_scale = self.base_sampler.guidance_scale if guidance_scale is None else guidance_scale
-        # 1. Check inputs
-        self.check_inputs(image, guidance_scale, num_steps)
-        # 2. Encode the image
-        grid, vector = self.encode_image(image)
-        cond = {"grid": grid} if isinstance(self.base, ImageGridPointDiffusionTransformer) else {"text_embed": vector}
-        # 3-4. Sample both stages (the upsampler also sees the grid), then xyz and 8-bit RGB
-        return self._sample(cond, {"grid": grid}, seed, guidance_scale, num_steps, on_step, should_stop, generator)
+        return self._run(image, seed, guidance_scale, num_steps, on_step, should_stop, generator)

@@ -11,12 +11,12 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import CLIPTextModelWithProjection, CLIPTokenizer, PreTrainedModel
 
 from .checkpoints import OnProgress
 from .config import DiffusionConfig, SamplerConfig
@@ -45,8 +45,11 @@ class PointCloudPipeline:
         sdf: PointCloudSDFModel for meshes (official weights: sdf), or None.
 
     Folder layout of save_pretrained/from_pretrained: pipeline.json, base/, upsampler/, sdf/ (optional)
-    and the subclass's encoder folders.
+    and one folder per condition component.
     """
+
+    #: The condition's components (transformers classes), each saved in the folder of its name.
+    condition_components: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -73,9 +76,10 @@ class PointCloudPipeline:
     # ---- in and out
 
     def encoders(self) -> list[torch.nn.Module]:
-        return []
+        return [c for c in (getattr(self, name) for name in self.condition_components) if isinstance(c, torch.nn.Module)]
 
-    def _save_stages(self, folder: Path) -> None:
+    def save_pretrained(self, folder: str | Path) -> None:
+        folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         configs = {
             "base_diffusion": self.base_diffusion.to_dict(),
@@ -88,24 +92,33 @@ class PointCloudPipeline:
         save_pretrained(self.upsampler, folder / "upsampler")
         if self.sdf is not None:
             save_pretrained(self.sdf, folder / "sdf")
+        for name in self.condition_components:
+            getattr(self, name).save_pretrained(folder / name)
 
-    @staticmethod
-    def _load_stages(folder: Path, device: torch.device | str) -> dict[str, Any]:
-        """The shared components of a saved folder, as keyword arguments of __init__."""
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> Any:
+        folder = Path(folder)
         if not (folder / PIPELINE_CONFIG_NAME).is_file():
             raise FileNotFoundError(
                 f"{folder} is not a Point-E pipeline folder: {PIPELINE_CONFIG_NAME} is missing"
             )
         configs = json.loads((folder / PIPELINE_CONFIG_NAME).read_text())
-        return {
-            "base": from_pretrained(folder / "base", device),
-            "upsampler": from_pretrained(folder / "upsampler", device),
-            "sdf": from_pretrained(folder / "sdf", device) if (folder / "sdf").is_dir() else None,
-            "base_diffusion": DiffusionConfig.from_dict(configs["base_diffusion"]),
-            "upsampler_diffusion": DiffusionConfig.from_dict(configs["upsampler_diffusion"]),
-            "base_sampler": SamplerConfig.from_dict(configs["base_sampler"]),
-            "upsampler_sampler": SamplerConfig.from_dict(configs["upsampler_sampler"]),
-        }
+        components = {}
+        for name, component_class in cls.condition_components.items():
+            if issubclass(component_class, PreTrainedModel):
+                components[name] = component_class.from_pretrained(folder / name, dtype=torch.float32).to(device)
+            else:
+                components[name] = component_class.from_pretrained(folder / name)
+        return cls(
+            **components,
+            base=from_pretrained(folder / "base", device),
+            upsampler=from_pretrained(folder / "upsampler", device),
+            sdf=from_pretrained(folder / "sdf", device) if (folder / "sdf").is_dir() else None,
+            base_diffusion=DiffusionConfig.from_dict(configs["base_diffusion"]),
+            upsampler_diffusion=DiffusionConfig.from_dict(configs["upsampler_diffusion"]),
+            base_sampler=SamplerConfig.from_dict(configs["base_sampler"]),
+            upsampler_sampler=SamplerConfig.from_dict(configs["upsampler_sampler"]),
+        )
 
     @property
     def device(self) -> torch.device:
@@ -128,6 +141,32 @@ class PointCloudPipeline:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if num_steps is not None and not (isinstance(num_steps, int) and num_steps >= 1):
             raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+
+    def check_inputs(self, condition: Any, guidance_scale: float, num_steps: int | None) -> None:
+        raise NotImplementedError
+
+    def encode_condition(self, condition: Any) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The inputs of (base, upsampler besides the low-res points) for one condition."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _run(
+        self,
+        condition: Any,
+        seed: int | None,
+        guidance_scale: float | None,
+        num_steps: int | None,
+        on_step: OnStep | None,
+        should_stop: ShouldStop | None,
+        generator: torch.Generator | None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        guidance_scale = self.base_sampler.guidance_scale if guidance_scale is None else guidance_scale
+        # 1. Check inputs
+        self.check_inputs(condition, guidance_scale, num_steps)
+        # 2. Encode the condition
+        cond, upsampler_cond = self.encode_condition(condition)
+        # 3-4. Sample both stages, then xyz and 8-bit RGB
+        return self._sample(cond, upsampler_cond, seed, guidance_scale, num_steps, on_step, should_stop, generator)
 
     def _sample(
         self,
@@ -195,6 +234,8 @@ class PointEPipeline(PointCloudPipeline):
     Folder layout adds text_encoder/ and tokenizer/.
     """
 
+    condition_components = {"text_encoder": CLIPTextModelWithProjection, "tokenizer": CLIPTokenizer}
+
     def __init__(
         self,
         base: TextPointDiffusionTransformer,
@@ -218,9 +259,6 @@ class PointEPipeline(PointCloudPipeline):
         self.text_encoder = text_encoder.eval()
         self.tokenizer = tokenizer
 
-    def encoders(self) -> list[torch.nn.Module]:
-        return [self.text_encoder]
-
     @classmethod
     def from_official(
         cls,
@@ -241,20 +279,6 @@ class PointEPipeline(PointCloudPipeline):
         tokenizer = CLIPTokenizer.from_pretrained(clip_name_or_path)
         return cls(base, upsampler, text_encoder.to(device), tokenizer, sdf=sdf)  # type: ignore[arg-type]
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        self._save_stages(folder)
-        self.text_encoder.save_pretrained(folder / "text_encoder")
-        self.tokenizer.save_pretrained(folder / "tokenizer")
-
-    @classmethod
-    def from_pretrained(cls, folder: str | Path, device: torch.device | str = "cpu") -> PointEPipeline:
-        folder = Path(folder)
-        stages = cls._load_stages(folder, device)
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder", dtype=torch.float32)
-        tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer")
-        return cls(text_encoder=text_encoder.to(device), tokenizer=tokenizer, **stages)
-
     def check_inputs(self, prompt: str, guidance_scale: float, num_steps: int | None) -> None:
         if not isinstance(prompt, str):
             raise TypeError(f"prompt must be a str, got {type(prompt).__name__}")
@@ -269,6 +293,9 @@ class PointEPipeline(PointCloudPipeline):
         # No padding and no attention mask: CLIP's text tower is causal and pools at the end token.
         text = self.text_encoder(input_ids=ids.to(self.text_encoder.device)).text_embeds.float()  # (1, D)
         return text / text.norm(dim=-1, keepdim=True)
+
+    def encode_condition(self, prompt: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        return {"text_embed": self.encode_prompt(prompt)}, {}  # the upsampler sees only the points
 
     @torch.no_grad()
     def __call__(
@@ -290,12 +317,4 @@ class PointEPipeline(PointCloudPipeline):
         on_step(stage, i, total): after every step; stage is "base" or "upsample".
         should_stop(): checked before every step; True raises sampler.GenerationStopped.
         """
-        guidance_scale = self.base_sampler.guidance_scale if guidance_scale is None else guidance_scale
-        # 1. Check inputs
-        self.check_inputs(prompt, guidance_scale, num_steps)
-        # 2. Encode the prompt
-        text_embed = self.encode_prompt(prompt)
-        # 3-4. Sample both stages (the upsampler sees only the points), then xyz and 8-bit RGB
-        return self._sample(
-            {"text_embed": text_embed}, {}, seed, guidance_scale, num_steps, on_step, should_stop, generator
-        )
+        return self._run(prompt, seed, guidance_scale, num_steps, on_step, should_stop, generator)

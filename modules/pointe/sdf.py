@@ -13,7 +13,6 @@ Shapes: B clouds, N cloud points, Q query points, W width, H heads, hs head size
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
