@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from gpu_families import Family, families, finite, official_style_copy  # noqa: E402
+from gpu_families import Family, families, official_style_copy  # noqa: E402
 from modules.catalog import ModelEntry, load_catalog  # noqa: E402
 from modules.memory import Budget, DeviceOutOfMemory, MemoryManager, State, format_bytes  # noqa: E402
 from modules.memory.oom import release_memory  # noqa: E402

@@ -16,7 +16,7 @@ from modules.catalog import Catalog, ModelEntry, Source, TaskCatalog
 from modules.memory.threads import in_fresh_thread
 
 #: Bump when a builder changes, so cached tiny models are rebuilt.
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -215,7 +215,8 @@ def build_tiny_music(folder: Path) -> None:
 
 
 def build_tiny_point_e(folder: Path) -> None:
-    """Point-E's real classes at tiny size (64 + 192 points, width 32) and a tiny CLIP text tower with a projection."""
+    """Point-E's real classes at tiny size (64 + 192 points, width 32), a tiny CLIP text tower with a
+    projection, and a tiny SDF model."""
     import torch
 
     from modules.pointe.tiny import build_tiny_pipeline
@@ -224,20 +225,34 @@ def build_tiny_point_e(folder: Path) -> None:
     build_tiny_pipeline(folder)  # saves with save_pretrained; the app loads it with PointEPipeline.from_pretrained
 
 
-#: task -> (model id, display name, wrapper, builder)
-TINY_BUILDERS: dict[str, tuple[str, str, str, Callable[[Path], None]]] = {
-    "chat": ("tiny-chat", "Tiny Llama", "transformers-chat", build_tiny_chat),
-    "image": ("tiny-sd", "Tiny Stable Diffusion", "diffusers-text-to-image", build_tiny_stable_diffusion),
-    "caption": ("tiny-blip", "Tiny BLIP", "blip-captioning", build_tiny_blip),
-    "music": ("tiny-musicgen", "Tiny MusicGen", "transformers-musicgen", build_tiny_music),
-    "pointcloud": ("tiny-point-e", "Tiny Point-E", "point-e", build_tiny_point_e),
+def build_tiny_point_e_image(folder: Path) -> None:
+    """As build_tiny_point_e from an image: a tiny CLIP image tower (8x8 pixels, a 2x2 grid), an image-grid
+    base, the upsampler on that grid and a tiny SDF model."""
+    import torch
+
+    from modules.pointe.tiny import build_tiny_image_pipeline
+
+    torch.manual_seed(0)
+    build_tiny_image_pipeline(folder)  # loaded by the app with PointEImagePipeline.from_pretrained
+
+
+#: task -> its tiny entries, each (model id, display name, wrapper, builder); the first is the default
+TINY_BUILDERS: dict[str, list[tuple[str, str, str, Callable[[Path], None]]]] = {
+    "chat": [("tiny-chat", "Tiny Llama", "transformers-chat", build_tiny_chat)],
+    "image": [("tiny-sd", "Tiny Stable Diffusion", "diffusers-text-to-image", build_tiny_stable_diffusion)],
+    "caption": [("tiny-blip", "Tiny BLIP", "blip-captioning", build_tiny_blip)],
+    "music": [("tiny-musicgen", "Tiny MusicGen", "transformers-musicgen", build_tiny_music)],
+    "pointcloud": [
+        ("tiny-point-e", "Tiny Point-E", "point-e", build_tiny_point_e),
+        ("tiny-point-e-image", "Tiny Point-E from an image", "point-e-image", build_tiny_point_e_image),
+    ],
 }
 
 #: task -> the tiny entry's `defaults`, where the wrapper's own would be slow or wrong for a tiny model
 TINY_DEFAULTS: dict[str, dict[str, float | int | str]] = {
     "image": {"num_steps": 4, "guidance": 5.0, "width": 64, "height": 64},
     "caption": {"max_length": 12},
-    "pointcloud": {"num_steps": 8},
+    "pointcloud": {"num_steps": 8, "mesh_grid": 32},
 }
 
 
@@ -245,25 +260,29 @@ def build_tiny_catalog(root: Path | None = None) -> Catalog:
     """Build (once) every tiny model and return a catalogue of them."""
     root = root or cache_root()
     tasks: dict[str, TaskCatalog] = {}
-    for task, (model_id, name, wrapper, builder) in TINY_BUILDERS.items():
-        folder = root / model_id
-        if not (folder / ".complete").exists():
-            # Build into a scratch folder and rename, so an interrupted build is never mistaken for a cache.
-            scratch = root / f".{model_id}.building"
-            shutil.rmtree(scratch, ignore_errors=True)
-            scratch.mkdir(parents=True)
-            in_fresh_thread(lambda: builder(scratch))  # the server's main thread keeps no OpenMP pool
-            (scratch / ".complete").touch()
-            shutil.rmtree(folder, ignore_errors=True)
-            scratch.rename(folder)
-        entry = ModelEntry(
-            id=model_id,
-            name=name,
-            wrapper=wrapper,
-            source=Source(path=str(folder)),
-            license="random weights (no licence restrictions)",
-            random_weights=True,
-            defaults=TINY_DEFAULTS.get(task, {}),
-        )
-        tasks[task] = TaskCatalog(default=model_id, models=[entry])
+    for task, builders in TINY_BUILDERS.items():
+        entries = []
+        for model_id, name, wrapper, builder in builders:
+            folder = root / model_id
+            if not (folder / ".complete").exists():
+                # Build into a scratch folder and rename, so an interrupted build is never mistaken for a cache.
+                scratch = root / f".{model_id}.building"
+                shutil.rmtree(scratch, ignore_errors=True)
+                scratch.mkdir(parents=True)
+                in_fresh_thread(lambda: builder(scratch))  # the server's main thread keeps no OpenMP pool
+                (scratch / ".complete").touch()
+                shutil.rmtree(folder, ignore_errors=True)
+                scratch.rename(folder)
+            entries.append(
+                ModelEntry(
+                    id=model_id,
+                    name=name,
+                    wrapper=wrapper,
+                    source=Source(path=str(folder)),
+                    license="random weights (no licence restrictions)",
+                    random_weights=True,
+                    defaults=TINY_DEFAULTS.get(task, {}),
+                )
+            )
+        tasks[task] = TaskCatalog(default=entries[0].id, models=entries)
     return Catalog(tasks=tasks)

@@ -28,6 +28,7 @@ GENERATION = {
     "/caption": "image",
     "/generate_music": "prompt",
     "/generate_3d": "prompt",
+    "/generate_3d_from_image": "image",
 }
 SYSTEM = {"/system_status", "/unload_model"}
 #: The one vocabulary every generation endpoint draws its parameter names from.
@@ -36,6 +37,7 @@ VOCABULARY = {
     "temperature", "top_p", "top_k", "max_new_tokens",
     # what only one modality has
     "message", "history", "system_prompt", "image", "prefix", "decoding", "num_beams", "batch", "scheduler",
+    "make_mesh", "mesh_grid",
 }  # fmt: skip
 
 
@@ -69,8 +71,10 @@ def test_every_endpoint_answers_with_only_its_main_input(tiny_client: Client, tm
     result = tiny_client.predict("calm piano", api_name="/generate_music")
     wav = result[-1][0]
     assert wav.endswith(".wav") and Path(wav).stat().st_size > 44 and f"-seed{result[2]}-" in wav
-    viewer, files, seed, stats = tiny_client.predict("a chair", api_name="/generate_3d")
-    assert viewer.endswith(".ply") and f"seed {seed}" in stats
+    viewer, mesh, files, seed, stats = tiny_client.predict("a chair", api_name="/generate_3d")
+    assert viewer.endswith(".ply") and mesh is None and f"seed {seed}" in stats
+    viewer, mesh, files, seed, stats = tiny_client.predict(handle_file(str(picture)), api_name="/generate_3d_from_image")
+    assert viewer.endswith(".ply") and mesh is None and f"from {picture.name}" in stats
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gradio_client import Client
+from gradio_client import Client, handle_file
 from plyfile import PlyData
 from pygltflib import GLTF2
 from sd_parsers import ParserManager
@@ -225,7 +225,7 @@ def glb_cloud(path: Path) -> tuple[GLTF2, np.ndarray, np.ndarray]:
 
 
 def test_ply_and_glb_carry_parameters_linear_colours_and_the_same_points(tiny_client: Client) -> None:
-    viewer, files, seed, _ = generate_3d(tiny_client, prompt="a tall vase, blue", seed=99, guidance=2.5, num_steps=3)
+    viewer, _, files, seed, _ = generate_3d(tiny_client, prompt="a tall vase, blue", seed=99, guidance=2.5, num_steps=3)
     ply_path, glb_path = sorted(files, key=lambda f: f.suffix != ".ply")
     expected = {
         "prompt": "a tall vase, blue",
@@ -234,6 +234,8 @@ def test_ply_and_glb_carry_parameters_linear_colours_and_the_same_points(tiny_cl
         "guidance": 2.5,
         "num_steps": 3,
         "seed": 99,
+        "make_mesh": False,
+        "mesh_grid": 24,  # tests/test_points3d.py's submit sends 24
         "software": "Atelier",
     }
     ply = PlyData.read(str(ply_path))
@@ -254,15 +256,42 @@ def test_ply_and_glb_carry_parameters_linear_colours_and_the_same_points(tiny_cl
 def test_glb_passes_the_khronos_validator(tiny_client: Client) -> None:
     if not VALIDATOR.is_dir() or shutil.which("node") is None:
         pytest.fail("the Khronos glTF validator is not installed: `make test` installs it with npm into .cache/node")
-    _, files, _, _ = generate_3d(tiny_client, seed=3)
-    (glb,) = [f for f in files if f.suffix == ".glb"]
+    _, _, files, _, _ = generate_3d(tiny_client, seed=3, make_mesh=True)
+    glbs = [f for f in files if f.suffix == ".glb"]
+    assert len(glbs) == 2, files  # the cloud and the mesh
     script = (
         "require(process.argv[1]).validateBytes(new Uint8Array(require('fs').readFileSync(process.argv[2])))"
         ".then(r => console.log(JSON.stringify(r.issues)))"
     )
-    shown = subprocess.run(["node", "-e", script, str(VALIDATOR), str(glb)], capture_output=True, text=True, check=True)
-    issues = json.loads(shown.stdout)
-    assert (issues["numErrors"], issues["numWarnings"]) == (0, 0), issues["messages"]
+    for glb in glbs:
+        shown = subprocess.run(["node", "-e", script, str(VALIDATOR), str(glb)], capture_output=True, text=True, check=True)
+        issues = json.loads(shown.stdout)
+        assert (issues["numErrors"], issues["numWarnings"]) == (0, 0), (glb.name, issues["messages"])
+
+
+def test_3d_from_an_image_tab_png_carries_its_lineage_into_cloud_and_mesh(tiny_client: Client) -> None:
+    """Text -> image -> 3D -> mesh: the source PNG's name, prompt, seed and model reach every 3D file."""
+    images, image_seed, _, _ = generate_image(tiny_client, "a green teapot", seed=21)
+    _, mesh_shown, files, seed, stats = tiny_client.predict(
+        handle_file(str(images[0])), seed=8, steps=2, make_mesh=True, mesh_grid=24, api_name="/generate_3d_from_image"
+    )
+    lineage = {
+        "source_image": images[0].name,
+        "source_prompt": "a green teapot",
+        "source_seed": str(image_seed),
+        "source_model": "tiny-sd",
+    }
+    assert "from " + images[0].name in stats and "a green teapot" in stats
+    files = [Path(f) for f in files]
+    (ply,) = [f for f in files if f.suffix == ".ply"]
+    cloud_glb, mesh_glb = sorted((f for f in files if f.suffix == ".glb"), key=lambda f: "-mesh" in f.name)
+    assert Path(mesh_shown) == mesh_glb and {f.suffix for f in files} == {".ply", ".glb", ".obj", ".stl"}
+    for parameters in (ply_parameters(PlyData.read(str(ply))), GLTF2().load(str(cloud_glb)).asset.extras):
+        assert parameters.items() >= lineage.items() and parameters["seed"] == seed == 8, parameters
+    mesh = GLTF2().load(str(mesh_glb))
+    assert mesh.asset.extras.items() >= lineage.items() and mesh.asset.extras["make_mesh"] is True
+    (primitive,) = mesh.meshes[0].primitives
+    assert mesh.accessors[primitive.attributes.COLOR_0].componentType == 5126, "mesh colours are not linear floats"
 
 
 def chiral_cloud() -> tuple[np.ndarray, np.ndarray]:

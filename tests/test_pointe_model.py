@@ -144,7 +144,7 @@ def test_sampler_matches_official_chain(case: dict) -> None:
     text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
     seed = case["generator_seed"]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    out = sampler.sample(text_embed, generator, noise)
+    out = sampler.sample({"text_embed": text_embed}, generator, noise)
     expected = torch.from_numpy(GOLDEN_OUT[case["name"]])
     # Driven by the official model, this sampler reproduces the golden chain bit for bit. Ours differs
     # from the official model by attention rounding (~1e-7), which steps near sigma_max multiply by up

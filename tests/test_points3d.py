@@ -29,13 +29,16 @@ def submit(client: Client, prompt: str = "a red chair", seed: object = 7, **sett
         seed=-1 if seed is None else seed,
         steps=settings.get("num_steps", 4),
         guidance=settings.get("guidance", 3.0),
+        make_mesh=settings.get("make_mesh", False),
+        mesh_grid=settings.get("mesh_grid", 24),
         api_name="/generate_3d",
     )
 
 
-def generate(client: Client, **kwargs: object) -> tuple[Path, list[Path], int, str]:
-    viewer, files, seed_used, stats = submit(client, **kwargs).result(timeout=120)
-    return Path(viewer), [Path(f) for f in files], int(seed_used), stats
+def generate(client: Client, **kwargs: object) -> tuple[Path, Path | None, list[Path], int, str]:
+    """The cloud shown, the mesh shown (None without make_mesh), the downloads, the seed used, the stats."""
+    viewer, mesh, files, seed_used, stats = submit(client, **kwargs).result(timeout=120)
+    return Path(viewer), Path(mesh) if mesh else None, [Path(f) for f in files], int(seed_used), stats
 
 
 def cloud_of(path: Path) -> trimesh.PointCloud:
@@ -46,8 +49,8 @@ def cloud_of(path: Path) -> trimesh.PointCloud:
 
 
 def test_generation_returns_a_model3d_file_and_ply_glb_downloads(tiny_client: Client) -> None:
-    viewer, files, seed_used, stats = generate(tiny_client, seed=11)
-    assert viewer.suffix == ".ply" and viewer.stat().st_size > 0
+    viewer, mesh, files, seed_used, stats = generate(tiny_client, seed=11)
+    assert viewer.suffix == ".ply" and viewer.stat().st_size > 0 and mesh is None
     assert sorted(f.suffix for f in files) == [".glb", ".ply"]
     assert seed_used == 11
     assert "8 steps (both stages)" in stats and "steps/s" in stats and f"{TINY_POINTS} points" in stats
@@ -62,9 +65,9 @@ def test_generation_returns_a_model3d_file_and_ply_glb_downloads(tiny_client: Cl
 
 
 def test_same_seed_gives_the_same_points(tiny_client: Client) -> None:
-    first, _, used, _ = generate(tiny_client, seed=None)
-    again, _, _, _ = generate(tiny_client, seed=used)
-    other, _, _, _ = generate(tiny_client, seed=(used + 1) % 2**32)
+    first, _, _, used, _ = generate(tiny_client, seed=None)
+    again, _, _, _, _ = generate(tiny_client, seed=used)
+    other, _, _, _, _ = generate(tiny_client, seed=(used + 1) % 2**32)
     a, b, c = (cloud_of(p) for p in (first, again, other))
     assert np.array_equal(a.vertices, b.vertices) and np.array_equal(a.colors, b.colors)
     assert not np.array_equal(a.vertices, c.vertices)
@@ -96,7 +99,7 @@ def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> Non
     job = submit(tiny_client, "a long chair", num_steps=256)
     stop_when(tiny_client, job, KEY, lambda outputs: any(str(o[-1]).startswith("Stage") for o in outputs))
     assert not any(isinstance(o[-1], str) and o[-1].startswith("⏱") for o in job.outputs()), "ran to the end despite Stop"
-    viewer, _, _, _ = generate(tiny_client)  # still serving
+    viewer, _, _, _, _ = generate(tiny_client)  # still serving
     assert cloud_of(viewer).vertices.shape == (TINY_POINTS, 3)
 
 
@@ -119,7 +122,7 @@ def test_the_point_cloud_renders_in_the_browser(tiny_app: AppServer) -> None:
             page.goto(tiny_app.url)
             page.get_by_role("tab", name="3D").click()
             page.get_by_placeholder("a red motorcycle").fill("a blue chair")
-            page.get_by_role("button", name="Generate").last.click()
+            page.get_by_role("button", name="Generate", exact=True).last.click()
             page.get_by_text("steps/s").first.wait_for(timeout=60_000)
             canvas = page.locator("canvas").last
             canvas.wait_for(timeout=30_000)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import PointDiffusionConfig
+from .config import PointDiffusionConfig, SDFConfig
 
 OnProgress = Callable[[int, int | None], None]  # (bytes done, total bytes or None when unknown)
 
@@ -30,25 +30,33 @@ _CHUNK = 1 << 20
 class OfficialCheckpoint:
     name: str
     url: str
-    config: PointDiffusionConfig
+    config: PointDiffusionConfig | SDFConfig
+    parameters: int  # float32 on disk: about 4 bytes each
+
+    @property
+    def approx_bytes(self) -> int:
+        return 4 * self.parameters
 
     @property
     def filename(self) -> str:
         return self.url.rsplit("/", 1)[-1]
 
 
+_BLOB = "https://openaipublic.azureedge.net/main/point-e/"
 OFFICIAL_CHECKPOINTS = {
-    "base40M-textvec": OfficialCheckpoint(
-        "base40M-textvec",
-        "https://openaipublic.azureedge.net/main/point-e/base_40m_textvec.pt",
-        PointDiffusionConfig.base40m_textvec(),
-    ),
-    "upsample": OfficialCheckpoint(
-        "upsample",
-        "https://openaipublic.azureedge.net/main/point-e/upsample_40m.pt",
-        PointDiffusionConfig.upsample(),
-    ),
+    c.name: c
+    for c in (
+        OfficialCheckpoint("base40M-textvec", _BLOB + "base_40m_textvec.pt", PointDiffusionConfig.base40m_textvec(), 40_333_836),
+        OfficialCheckpoint("base40M-imagevec", _BLOB + "base_40m_imagevec.pt", PointDiffusionConfig.base40m_imagevec(), 40_333_836),
+        OfficialCheckpoint("base40M", _BLOB + "base_40m.pt", PointDiffusionConfig.base40m(), 40_466_956),
+        OfficialCheckpoint("base300M", _BLOB + "base_300m.pt", PointDiffusionConfig.base300m(), 311_778_316),
+        OfficialCheckpoint("base1B", _BLOB + "base_1b.pt", PointDiffusionConfig.base1b(), 1_244_311_564),
+        OfficialCheckpoint("upsample", _BLOB + "upsample_40m.pt", PointDiffusionConfig.upsample(), 40_470_552),
+        OfficialCheckpoint("sdf", _BLOB + "sdf.pt", SDFConfig.official(), 9_481_985),
+    )
 }
+#: The official base checkpoints by file name (how models.yaml picks one: `source: {file: base_40m.pt}`).
+BASE_CHECKPOINT_FILES = {c.filename: c.name for c in OFFICIAL_CHECKPOINTS.values() if c.name.startswith("base")}
 
 
 class CheckpointUnavailableError(FileNotFoundError):

@@ -125,14 +125,16 @@ class PointDiffusionTransformer(nn.Module):
 
 
 class TextPointDiffusionTransformer(PointDiffusionTransformer):
-    """base40M-textvec: conditions on a CLIP text vector. Tokens: [text, time, points]."""
+    """base40M-textvec / base40M-imagevec: conditions on one CLIP vector (text or image embedding).
+    Tokens: [vector, time, points]."""
 
     def __init__(self, config: PointDiffusionConfig) -> None:
         super().__init__(config)
         self.clip_embed = nn.Linear(config.cond_width, config.width)
 
     def forward(self, x: Tensor, t: Tensor, text_embed: Tensor) -> Tensor:
-        """x: (B, C, N); t: (B,) timesteps; text_embed: (B, D) unit-norm CLIP vector, zeros = unconditional.
+        """x: (B, C, N); t: (B,) timesteps; text_embed: (B, D) unit-norm CLIP vector (text, or image for
+        base40M-imagevec), zeros = unconditional.
 
         Returns (B, C_out, N): eps for the first C channels, then the (unused) variance channels.
         """
@@ -142,10 +144,36 @@ class TextPointDiffusionTransformer(PointDiffusionTransformer):
         return self._denoise(x, t_emb, [text[:, None], *self._time_tokens(t_emb)])
 
 
-class UpsamplePointDiffusionTransformer(PointDiffusionTransformer):
+class ImageGridPointDiffusionTransformer(PointDiffusionTransformer):
+    """base40M / base300M / base1B: conditions on CLIP's image token grid. Tokens: [time, grid, points]."""
+
+    def __init__(self, config: PointDiffusionConfig) -> None:
+        super().__init__(config)
+        self.clip_embed = nn.Sequential(
+            nn.LayerNorm(config.cond_width), nn.Linear(config.cond_width, config.width)
+        )
+
+    def _grid_tokens(self, grid: Tensor | None, batch: int, like: Tensor) -> Tensor:
+        """grid: (B, D, L) CLIP image-grid features, or None for zeros (unconditional) -> (B, L, W)."""
+        if grid is None:
+            # Every zero token embeds to the same vector: embed one and repeat it.
+            zero = like.new_zeros(1, 1, self.config.cond_width)
+            return self.clip_embed(zero).expand(batch, self.config.grid_tokens, -1)
+        return self.clip_embed(grid.transpose(1, 2))
+
+    def forward(self, x: Tensor, t: Tensor, grid: Tensor | None = None) -> Tensor:
+        """x: (B, C, N); t: (B,); grid: (B, D, L) CLIP image grid, zeros or None = unconditional.
+        Returns (B, C_out, N)."""
+        t_emb = self._embed_time(t)
+        grid_tokens = self._grid_tokens(grid, x.shape[0], x)  # (B, L, W)
+        return self._denoise(x, t_emb, [*self._time_tokens(t_emb), grid_tokens])
+
+
+class UpsamplePointDiffusionTransformer(ImageGridPointDiffusionTransformer):
     """upsample: adds n_ctx points to cond_ctx low-res ones. Tokens: [time, grid, low-res, points].
 
-    The checkpoint was trained with an optional CLIP image grid; for text-to-3D the grid is all zeros.
+    Trained with an optional CLIP image grid: for text-to-3D the grid is all zeros (None); from an image
+    it is the same grid the image-grid base model saw.
     """
 
     def __init__(self, config: PointDiffusionConfig) -> None:
@@ -153,20 +181,11 @@ class UpsamplePointDiffusionTransformer(PointDiffusionTransformer):
         self.cond_point_proj = nn.Linear(config.input_channels, config.width)
         self.register_buffer("channel_scales", torch.tensor(config.channel_scales, dtype=torch.float32))
         self.register_buffer("channel_biases", torch.tensor(config.channel_biases, dtype=torch.float32))
-        self.clip_embed = nn.Sequential(
-            nn.LayerNorm(config.cond_width), nn.Linear(config.cond_width, config.width)
-        )
 
-    def forward(self, x: Tensor, t: Tensor, low_res: Tensor, grid: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, low_res: Tensor, grid: Tensor | None = None) -> Tensor:  # type: ignore[override]
         """x: (B, C, N); t: (B,); low_res: (B, C, N_low) points in data space (xyz, rgb 0..255);
         grid: (B, D, L) CLIP image-grid features or None for zeros. Returns (B, C_out, N)."""
-        B = x.shape[0]
-        if grid is None:
-            # Every zero token embeds to the same vector: embed one and repeat it.
-            zero = x.new_zeros(1, 1, self.config.cond_width)
-            grid_tokens = self.clip_embed(zero).expand(B, self.config.grid_tokens, -1)  # (B, L, W)
-        else:
-            grid_tokens = self.clip_embed(grid.transpose(1, 2))  # (B, L, W)
+        grid_tokens = self._grid_tokens(grid, x.shape[0], x)  # (B, L, W)
         low_res = low_res * self.channel_scales[None, :, None] + self.channel_biases[None, :, None]
         low_res_tokens = self.cond_point_proj(low_res.transpose(1, 2))  # (B, N_low, W)
         t_emb = self._embed_time(t)
@@ -175,6 +194,7 @@ class UpsamplePointDiffusionTransformer(PointDiffusionTransformer):
 
 MODEL_CLASSES: dict[str, type[PointDiffusionTransformer]] = {
     "text": TextPointDiffusionTransformer,
+    "image_grid": ImageGridPointDiffusionTransformer,
     "upsample": UpsamplePointDiffusionTransformer,
 }
 

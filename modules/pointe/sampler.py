@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .config import DiffusionConfig, SamplerConfig
 from .diffusion import GaussianDiffusion
-from .model import PointDiffusionTransformer, TextPointDiffusionTransformer, UpsamplePointDiffusionTransformer
+from .model import PointDiffusionTransformer, UpsamplePointDiffusionTransformer
 
 OnStep = Callable[[str, int, int], None]  # (stage, steps done, total steps of the stage)
 ShouldStop = Callable[[], bool]
@@ -148,10 +148,15 @@ def sample_stage(
 
 @dataclass
 class PointCloudSampler:
-    """Text vector -> coloured point cloud: the base model samples its n_ctx points (1024), then the
-    upsampler adds its own n_ctx (3072) conditioned on them. Output channels: xyz, then rgb 0..255."""
+    """Condition -> coloured point cloud: the base model samples its n_ctx points (1024), then the
+    upsampler adds its own n_ctx (3072) conditioned on them. Output channels: xyz, then rgb 0..255.
 
-    base: TextPointDiffusionTransformer
+    The base is a text-vector or image-vector model (TextPointDiffusionTransformer) or an image-grid model;
+    from text the upsampler runs unguided on the points alone, from an image the official example guides
+    it too, on the same image grid.
+    """
+
+    base: PointDiffusionTransformer
     upsampler: UpsamplePointDiffusionTransformer
     base_diffusion: DiffusionConfig
     upsampler_diffusion: DiffusionConfig
@@ -161,13 +166,16 @@ class PointCloudSampler:
     @torch.no_grad()
     def sample(
         self,
-        text_embed: Tensor,
+        cond: dict[str, Tensor],
         generator: torch.Generator | None = None,
         noise: tuple[Tensor, Tensor] | None = None,
         on_step: OnStep | None = None,
         should_stop: ShouldStop | None = None,
+        upsampler_cond: dict[str, Tensor] | None = None,
     ) -> Tensor:
-        """text_embed: (B, D) unit-norm CLIP text vectors (zeros = unconditional).
+        """cond: the base model's inputs, (B, ...) each: {"text_embed": (B, D)} unit-norm CLIP vectors,
+        or {"grid": (B, D, L)} CLIP image grids. upsampler_cond: the upsampler's inputs besides the
+        low-res points (from an image: {"grid": ...}; from text: none).
 
         noise: standard-normal starts of (base, upsampler), (B, C, N_base) and (B, C, N_up); drawn
         from `generator` when None. Returns (B, C, N_base + N_up) in data space.
@@ -175,7 +183,7 @@ class PointCloudSampler:
         base_noise, upsampler_noise = (None, None) if noise is None else noise
         low_res = sample_stage(
             self.base,
-            {"text_embed": text_embed},
+            cond,
             GaussianDiffusion(self.base_diffusion),
             self.base_sampler,
             base_noise,
@@ -186,7 +194,7 @@ class PointCloudSampler:
         )  # (B, C, N_base)
         high_res = sample_stage(
             self.upsampler,
-            {"low_res": low_res},
+            {"low_res": low_res, **(upsampler_cond or {})},
             GaussianDiffusion(self.upsampler_diffusion),
             self.upsampler_sampler,
             upsampler_noise,

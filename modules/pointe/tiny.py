@@ -1,17 +1,30 @@
-"""A tiny random-weight Point-E pipeline built from the real classes, for tests and `--tiny` runs."""
+"""Tiny random-weight Point-E pipelines (text and image) built from the real classes, for tests and `--tiny`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from .config import PointDiffusionConfig, SamplerConfig
-from .model import build_model
+from .config import PointDiffusionConfig, SamplerConfig, SDFConfig
+from .image_pipeline import PointEImagePipeline
+from .model import UpsamplePointDiffusionTransformer, build_model
 from .pipeline import PointEPipeline
+from .sdf import PointCloudSDFModel
 
 TINY_TEXT_WIDTH = 16
+# The tiny CLIP image tower: 8x8 pixels in 4x4 patches -> a 2x2 grid of 8-dim tokens, as the tiny
+# image-grid base and upsampler expect.
+TINY_IMAGE_SIZE, TINY_PATCH, TINY_VISION_WIDTH = 8, 4, 8
+TINY_GRID_TOKENS = (TINY_IMAGE_SIZE // TINY_PATCH) ** 2
 
 
 def tiny_clip_tokenizer() -> CLIPTokenizer:
@@ -40,16 +53,56 @@ def tiny_clip_text_encoder() -> CLIPTextModelWithProjection:
     return CLIPTextModelWithProjection(config)
 
 
+def tiny_clip_image_encoder() -> CLIPVisionModelWithProjection:
+    config = CLIPVisionConfig(
+        hidden_size=TINY_VISION_WIDTH,
+        intermediate_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=TINY_IMAGE_SIZE,
+        patch_size=TINY_PATCH,
+        projection_dim=TINY_TEXT_WIDTH,
+    )
+    return CLIPVisionModelWithProjection(config)
+
+
+def tiny_clip_image_processor() -> CLIPImageProcessor:
+    size = TINY_IMAGE_SIZE
+    return CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+
+
+def tiny_upsampler() -> UpsamplePointDiffusionTransformer:
+    return UpsamplePointDiffusionTransformer(PointDiffusionConfig.tiny_upsample(TINY_VISION_WIDTH, TINY_GRID_TOKENS))
+
+
 def build_tiny_pipeline(folder: str | Path, num_steps: int = 2) -> PointEPipeline:
-    """Saves a random tiny pipeline (64 + 192 points, width 32) to folder and loads it back through
-    PointEPipeline.from_pretrained, the path real weights take. Generation takes well under a second."""
+    """Saves a random tiny text pipeline (64 + 192 points, width 32, and an SDF model) to folder and loads
+    it back through PointEPipeline.from_pretrained, the path real weights take. Generation takes well
+    under a second."""
     pipeline = PointEPipeline(
         build_model(PointDiffusionConfig.tiny_text(cond_width=TINY_TEXT_WIDTH)),  # type: ignore[arg-type]
-        build_model(PointDiffusionConfig.tiny_upsample()),  # type: ignore[arg-type]
+        tiny_upsampler(),
         tiny_clip_text_encoder(),
         tiny_clip_tokenizer(),
         base_sampler=SamplerConfig(steps=num_steps),
         upsampler_sampler=SamplerConfig(steps=num_steps, sigma_max=160.0, s_churn=0.0, guidance_scale=0.0),
+        sdf=PointCloudSDFModel(SDFConfig.tiny()),
     )
     pipeline.save_pretrained(folder)
     return PointEPipeline.from_pretrained(folder)
+
+
+def build_tiny_image_pipeline(folder: str | Path, num_steps: int = 2) -> PointEImagePipeline:
+    """As build_tiny_pipeline, from an image: a tiny CLIP image tower, an image-grid base, the upsampler
+    on the same grid and an SDF model; loaded back through PointEImagePipeline.from_pretrained."""
+    pipeline = PointEImagePipeline(
+        build_model(PointDiffusionConfig.tiny_image_grid(TINY_VISION_WIDTH, TINY_GRID_TOKENS)),  # type: ignore[arg-type]
+        tiny_upsampler(),
+        tiny_clip_image_encoder(),
+        tiny_clip_image_processor(),
+        base_sampler=SamplerConfig(steps=num_steps),
+        upsampler_sampler=SamplerConfig(steps=num_steps, sigma_max=160.0, s_churn=0.0, guidance_scale=3.0),
+        sdf=PointCloudSDFModel(SDFConfig.tiny()),
+    )
+    pipeline.save_pretrained(folder)
+    return PointEImagePipeline.from_pretrained(folder)

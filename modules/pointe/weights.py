@@ -1,8 +1,8 @@
 """Point-E weights: loading the official checkpoints strictly (see checkpoints.py for fetching them),
 and our own folder format.
 
-Our format (`save_pretrained` / `from_pretrained`): a folder with config.json (PointDiffusionConfig)
-and model.safetensors (the same keys as the official checkpoint).
+Our format (`save_pretrained` / `from_pretrained`): a folder with config.json (PointDiffusionConfig, or
+SDFConfig for the SDF model) and model.safetensors (the same keys as the official checkpoint).
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .checkpoints import OFFICIAL_CHECKPOINTS, OnProgress, checkpoint_path
-from .config import PointDiffusionConfig
+from .config import PointDiffusionConfig, SDFConfig
 from .model import PointDiffusionTransformer, build_model
+from .sdf import PointCloudSDFModel
+
+PointEModel = PointDiffusionTransformer | PointCloudSDFModel
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -27,16 +30,20 @@ def load_official(
     local_file: str | Path | None = None,
     on_progress: OnProgress | None = None,
     device: torch.device | str = "cpu",
-) -> PointDiffusionTransformer:
+) -> PointEModel:
     """Builds the model of an official checkpoint and loads it strictly; eval mode."""
     path = checkpoint_path(name, cache_dir, local_file, on_progress)
     state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(OFFICIAL_CHECKPOINTS[name].config)
+    model = build(OFFICIAL_CHECKPOINTS[name].config)
     model.load_state_dict(state_dict, strict=True)
     return model.to(device).eval()
 
 
-def save_pretrained(model: PointDiffusionTransformer, folder: str | Path) -> None:
+def build(config: PointDiffusionConfig | SDFConfig) -> PointEModel:
+    return PointCloudSDFModel(config) if isinstance(config, SDFConfig) else build_model(config)
+
+
+def save_pretrained(model: PointEModel, folder: str | Path) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / CONFIG_NAME).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
@@ -44,12 +51,14 @@ def save_pretrained(model: PointDiffusionTransformer, folder: str | Path) -> Non
     save_file(state_dict, folder / WEIGHTS_NAME)
 
 
-def from_pretrained(folder: str | Path, device: torch.device | str = "cpu") -> PointDiffusionTransformer:
+def from_pretrained(folder: str | Path, device: torch.device | str = "cpu") -> PointEModel:
     """Loads a folder written by save_pretrained, strictly; eval mode."""
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} is not a Point-E model folder: {name} is missing")
-    model = build_model(PointDiffusionConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text())))
+    data = json.loads((folder / CONFIG_NAME).read_text())
+    config = SDFConfig.from_dict(data) if data.get("model_type") == "sdf" else PointDiffusionConfig.from_dict(data)
+    model = build(config)
     model.load_state_dict(load_file(folder / WEIGHTS_NAME), strict=True)
     return model.to(device).eval()

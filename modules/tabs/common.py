@@ -208,6 +208,11 @@ def api_text(name: str) -> gr.Textbox:
     return gr.Textbox(value=None, label=name, visible=False)
 
 
+def api_file(name: str) -> gr.File:
+    """An API-only image upload (a main input, so required): hidden on the page."""
+    return gr.File(value=None, label=name, file_types=["image"], type="filepath", visible=False)
+
+
 def api_choice(name: str, choices: list[str]) -> gr.Dropdown:
     """An API-only choice (its allowed values show in the API docs and MCP schema): None unless sent."""
     return named_errors(gr.Dropdown(choices=choices, value=None, label=name, visible=False))

@@ -32,12 +32,13 @@ assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
 
 @dataclass(frozen=True)
 class ImageTab:
-    """What the bridge to other tabs may touch: the prompt, the gallery, its selection and one button."""
+    """What the bridge to other tabs may touch: the prompt, the gallery, its selection and two buttons."""
 
     prompt: gr.Textbox
     gallery: gr.Gallery
     selected: gr.State  # index of the gallery image the user clicked last (None: the first)
     caption_button: gr.Button
+    make_3d_button: gr.Button
 
 
 def notes(wrapper: DiffusersTextToImage) -> str:
@@ -83,6 +84,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
     stats = gr.Markdown()
     with gr.Row():
         caption_button = gr.Button("📝 Caption this", size="sm")
+        make_3d_button = gr.Button("🧊 Make 3D", size="sm")
         downloads = gr.File(label="Download PNGs (parameters inside)", file_count="multiple", interactive=False)
     selected = gr.State(None)
 
@@ -199,4 +201,6 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
     model.change(
         adopt_defaults, model, [model_info, steps, guidance, width, height, scheduler], api_visibility="private"
     )
-    return ImageTab(prompt=prompt, gallery=gallery, selected=selected, caption_button=caption_button)
+    return ImageTab(
+        prompt=prompt, gallery=gallery, selected=selected, caption_button=caption_button, make_3d_button=make_3d_button
+    )

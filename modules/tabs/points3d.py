@@ -1,9 +1,11 @@
-"""3D tab: Point-E text-to-point-cloud, shown in a Model3D viewer, with PLY and GLB downloads."""
+"""3D tab: Point-E from a prompt or from an image, shown in a Model3D viewer, with PLY and GLB downloads,
+and optionally a coloured mesh (GLB, OBJ, STL)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -11,6 +13,7 @@ import gradio as gr
 from modules.tabs.common import (
     DEVICE_QUEUE,
     api_endpoint,
+    api_file,
     api_model,
     api_number,
     api_text,
@@ -29,10 +32,22 @@ STAGE_LABELS = {
     "download": "Downloading the Point-E checkpoints (MB)",
     "base": "Stage 1 of 2: base model",
     "upsample": "Stage 2 of 2: upsampler",
+    "mesh": "Mesh: signed distances on the grid (query batches)",
 }
+FROM_TEXT, FROM_IMAGE = "From text", "From an image"
 
 #: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
 BAR_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Points3DTab:
+    """What the bridge to other tabs may touch: the image input and a way to run the image path."""
+
+    image: gr.File
+    source: gr.Radio  # FROM_TEXT or FROM_IMAGE
+    #: Chains the image-path generation after another event (the Image tab's "Make 3D").
+    run_from_image: Callable[[Any], Any]
 
 
 def presets(wrapper: PointEWrapper) -> dict[str, int]:
@@ -51,24 +66,50 @@ def initial_steps(wrapper: PointEWrapper) -> int:
 
 
 def stats_line(result: PointCloudResult, model_name: str) -> str:
-    return (
+    line = (
         f"⏱ {result.seconds:.2f} s · {result.steps} steps (both stages) · {result.steps_per_second:.2f} steps/s · "
         f"{len(result.points):,} points · seed {result.seed} · {model_name}"
     )
+    if result.mesh is not None:
+        line += f" · mesh of {result.mesh.vertices:,} vertices, {result.mesh.faces:,} faces"
+    lineage = result.lineage
+    if lineage:
+        made = [f"from {lineage['source_image']}"]
+        if "source_prompt" in lineage:
+            made.append(f"prompt “{lineage['source_prompt']}”")
+        made += [f"{label} {lineage[key]}" for key, label in (("source_seed", "seed"), ("source_model", "model")) if key in lineage]
+        line += " · " + ", ".join(made)
+    return line
 
 
 def status_line(step: StageStep) -> str:
     return f"{STAGE_LABELS[step.stage]}: {step.step} of {step.total}"
 
 
-def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> None:
+def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> Points3DTab:
+    text_wrappers = {k: w for k, w in wrappers.items() if w.condition == "text"}
+    image_wrappers = {k: w for k, w in wrappers.items() if w.condition == "image"}
+    text_default = default if default in text_wrappers else next(iter(text_wrappers), None)
+    image_default = default if default in image_wrappers else next(iter(image_wrappers), None)
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    notes = gr.Markdown(model_notes(first))
+    source = gr.Radio(
+        [FROM_TEXT, FROM_IMAGE], value=FROM_TEXT if first.condition == "text" else FROM_IMAGE,
+        label="Make a point cloud", interactive=bool(text_wrappers) and bool(image_wrappers),
+    )
     with gr.Row():
         with gr.Column():
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
+            with gr.Group(visible=first.condition == "text") as text_group:
+                model = model_dropdown(text_wrappers, text_default) if text_wrappers else gr.State(None)
+                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
+                run = gr.Button("Generate", variant="primary", interactive=bool(text_wrappers))
+            with gr.Group(visible=first.condition == "image") as image_group:
+                image_model = (
+                    model_dropdown(image_wrappers, image_default, label="Image model") if image_wrappers else gr.State(None)
+                )
+                # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
+                image = gr.File(label="Image", file_types=["image"], type="filepath")
+                run_image = gr.Button("Generate from the image", variant="primary", interactive=bool(image_wrappers))
+            notes = gr.Markdown(model_notes(first))
             preset = gr.Radio(
                 list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
             )
@@ -79,13 +120,41 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
                 seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
                 randomise = gr.Checkbox(value=True, label="Randomise seed")
                 seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
+            with gr.Row(equal_height=True):
+                make_mesh = gr.Checkbox(value=False, label="Make a mesh", info="SDF model + marching cubes; GLB, OBJ, STL")
+                mesh_grid = setting_slider(first, "mesh_grid", "Mesh grid (samples per axis)", step=8)
+            stop = gr.Button("Stop", variant="stop")
         with gr.Column():
             viewer = gr.Model3D(label="Point cloud", display_mode="point_cloud", clear_color=(0.1, 0.1, 0.12, 1.0))
+            mesh_viewer = gr.Model3D(label="Mesh (with Make a mesh)", display_mode="solid", clear_color=(0.1, 0.1, 0.12, 1.0))
             stats = gr.Markdown()
-            downloads = gr.File(label="Download PLY and GLB", file_count="multiple", interactive=False)
+            downloads = gr.File(label="Downloads: PLY, GLB (and the mesh)", file_count="multiple", interactive=False)
+
+    def run_wrapper(wrapper: PointEWrapper, condition: Any, settings: dict[str, Any], progress: gr.Progress) -> Iterator[Any]:
+        def with_bar(items: Iterable[Any]) -> Iterator[Any]:
+            """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
+            shown = float("-inf")
+            for item in items:
+                if isinstance(item, StageStep) and (item.step == item.total or time.monotonic() - shown >= BAR_SECONDS):
+                    shown = time.monotonic()
+                    unit = {"download": "MB", "mesh": "batches"}.get(item.stage, "steps")
+                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit=unit)
+                yield item
+
+        def finish(result: PointCloudResult) -> tuple[Any, ...]:
+            files = [str(result.ply), str(result.glb)]
+            mesh = None
+            if result.mesh is not None:
+                files += [str(p) for p in result.mesh.paths]
+                mesh = str(result.mesh.glb)
+            return str(result.ply), mesh, files, result.seed, stats_line(result, wrapper.entry.name)
+
+        yield from stepped_outputs(
+            with_bar(wrapper.generate(condition, **settings)), outputs=5, status=status_line, finish=finish
+        )
+
+    def settings_of(seed: float | None, steps: float | None, guidance: float | None, make_mesh: bool | None, mesh_grid: float | None) -> dict[str, Any]:
+        return {"guidance": guidance, "num_steps": steps, "seed": seed, "make_mesh": make_mesh, "mesh_grid": mesh_grid}
 
     @user_errors
     def generate_3d(
@@ -94,75 +163,131 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
         seed: int = -1,
         steps: int | None = None,
         guidance: float | None = None,
+        make_mesh: bool = False,
+        mesh_grid: int | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        """Generate a coloured 3D point cloud from a text prompt with Point-E; returns PLY and GLB files.
+        """Generate a coloured 3D point cloud from a text prompt with Point-E; returns PLY and GLB files and,
+        with make_mesh, a coloured mesh (GLB, OBJ, STL).
 
         Args:
             prompt: the object to make, e.g. "a red motorcycle".
-            model: a model id of this server's 3D catalogue; left out, the default model.
+            model: a model id of this server's text-to-3D catalogue; left out, the default model.
             seed: -1 for a random seed.
             steps: Heun steps per stage (base, then upsampler); left out, the model's default (64 official).
             guidance: classifier-free guidance of the base stage; left out, the model's default.
+            make_mesh: also turn the cloud into a mesh (SDF model + marching cubes).
+            mesh_grid: marching-cubes samples per axis; left out, the model's default (128 official).
         """
-        wrapper = pick(wrappers, model, default)
-        settings = {"guidance": guidance, "num_steps": steps, "seed": seed}
+        wrapper = pick(text_wrappers, model, text_default)
+        yield from run_wrapper(wrapper, prompt, settings_of(seed, steps, guidance, make_mesh, mesh_grid), progress)
 
-        def with_bar(items: Iterable[Any]) -> Iterator[Any]:
-            """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
-            shown = float("-inf")
-            for item in items:
-                if isinstance(item, StageStep) and (item.step == item.total or time.monotonic() - shown >= BAR_SECONDS):
-                    shown = time.monotonic()
-                    unit = "MB" if item.stage == "download" else "steps"
-                    progress((item.step, item.total), desc=STAGE_LABELS[item.stage], unit=unit)
-                yield item
-
-        def finish(result: PointCloudResult) -> tuple[Any, ...]:
-            return str(result.ply), [str(result.ply), str(result.glb)], result.seed, stats_line(result, wrapper.entry.name)
-
-        yield from stepped_outputs(
-            with_bar(wrapper.generate(prompt, **settings)), outputs=4, status=status_line, finish=finish
-        )
-
-    def generate_from_page(
-        prompt: str,
-        model: str,
-        guidance: float,
-        steps: float,
-        seed: float | None,
-        randomise: bool,
+    @user_errors
+    def generate_3d_from_image(
+        image: str,
+        model: str | None = None,
+        seed: int = -1,
+        steps: int | None = None,
+        guidance: float | None = None,
+        make_mesh: bool = False,
+        mesh_grid: int | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        yield from generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, progress)
+        """Generate a coloured 3D point cloud from a picture of one object with Point-E (its strongest path);
+        returns PLY and GLB files and, with make_mesh, a coloured mesh (GLB, OBJ, STL). A PNG made by the
+        Image tab passes its prompt, seed and model on to the 3D files.
 
-    outputs = [viewer, downloads, seed_used, stats]
+        Args:
+            image: the picture, ideally one object on a plain background.
+            model: a model id of this server's image-to-3D catalogue; left out, the default model.
+            seed: -1 for a random seed.
+            steps: Heun steps per stage (base, then upsampler); left out, the model's default (64 official).
+            guidance: classifier-free guidance of both stages; left out, the model's default.
+            make_mesh: also turn the cloud into a mesh (SDF model + marching cubes).
+            mesh_grid: marching-cubes samples per axis; left out, the model's default (128 official).
+        """
+        wrapper = pick(image_wrappers, model, image_default)
+        yield from run_wrapper(wrapper, image, settings_of(seed, steps, guidance, make_mesh, mesh_grid), progress)
+
+    def generate_from_page(
+        prompt: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
+        mesh_grid: float, progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:  # fmt: skip
+        yield from generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
+
+    def generate_from_image_page(
+        image: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
+        mesh_grid: float, progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:  # fmt: skip
+        yield from generate_3d_from_image(
+            image, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress
+        )
+
+    def api_settings(wrapper: PointEWrapper) -> list[Any]:
+        """The API's optional parameters after `model`, in the handlers' order."""
+        return [
+            api_number("seed", wrapper, value=-1),
+            api_number("steps", wrapper, "num_steps"),
+            api_number("guidance", wrapper),
+            gr.Checkbox(value=False, label="make_mesh", visible=False),
+            api_number("mesh_grid", wrapper),
+        ]
+
+    outputs = [viewer, mesh_viewer, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
         generate_from_page,
-        [prompt, model, guidance, steps, seed, randomise],
+        [prompt, model, guidance, steps, seed, randomise, make_mesh, mesh_grid],
         outputs,
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
     )
-    api_endpoint(
-        generate_3d,
-        [
-            api_text("prompt"),
-            api_model(wrappers),
-            api_number("seed", first, value=-1),
-            api_number("steps", first, "num_steps"),
-            api_number("guidance", first),
-        ],
-        outputs,
-        api_name="generate_3d",
+    image_inputs = [image, image_model, guidance, steps, seed, randomise, make_mesh, mesh_grid]
+    image_events = [
+        run_image.click(
+            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
+        )
+    ]
+    if text_wrappers:
+        endpoint_inputs = [api_text("prompt"), api_model(text_wrappers), *api_settings(wrappers[text_default])]
+        api_endpoint(generate_3d, endpoint_inputs, outputs, api_name="generate_3d")
+    if image_wrappers:
+        endpoint_inputs = [api_file("image"), api_model(image_wrappers), *api_settings(wrappers[image_default])]
+        api_endpoint(generate_3d_from_image, endpoint_inputs, outputs, api_name="generate_3d_from_image")
+
+    def run_from_image(after: Any) -> Any:
+        chained = after.then(
+            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
+        )
+        image_events.append(chained)
+        stop.click(None, cancels=[chained], api_visibility="private")
+        return chained
+
+    # Stop cancels this browser's own events; closing a generator sets its stop flag and ends the lease.
+    stop.click(None, cancels=[event, *image_events], api_visibility="private")
+
+    def current(source_value: str, text_model: str | None, picture_model: str | None) -> PointEWrapper:
+        return pick(wrappers, text_model if source_value == FROM_TEXT else picture_model)
+
+    preset.input(
+        lambda label, *models: presets(current(*models)).get(label), [preset, source, model, image_model], steps,
+        api_visibility="private",
     )
-    # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
-    stop.click(None, cancels=[event], api_visibility="private")
-    preset.input(lambda label, model_id: presets(pick(wrappers, model_id)).get(label), [preset, model], steps, api_visibility="private")
 
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        wrapper = pick(wrappers, model_id)
-        return model_notes(wrapper), gr.Radio(choices=list(presets(wrapper)), value=None), initial_steps(wrapper), wrapper.defaults.guidance
+    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+        wrapper = current(source_value, text_model, picture_model)
+        return (
+            gr.Group(visible=source_value == FROM_TEXT),
+            gr.Group(visible=source_value == FROM_IMAGE),
+            model_notes(wrapper),
+            gr.Radio(choices=list(presets(wrapper)), value=None),
+            initial_steps(wrapper),
+            wrapper.defaults.guidance,
+        )
 
-    model.change(adopt_defaults, model, [notes, preset, steps, guidance], api_visibility="private")
+    choosers = [source, model, image_model]
+    defaults_out = [text_group, image_group, notes, preset, steps, guidance]
+    for chooser in choosers:
+        if isinstance(chooser, (gr.Radio, gr.Dropdown)):
+            chooser.change(adopt_defaults, choosers, defaults_out, api_visibility="private")
+    return Points3DTab(image=image, source=source, run_from_image=run_from_image)

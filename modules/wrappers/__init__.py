@@ -25,6 +25,7 @@ WRAPPERS: dict[str, tuple[str, str]] = {
     "transformers-musicgen": ("music", "modules.wrappers.text_to_music:TransformersMusicgen"),
     "transformers-musicgen-melody": ("music", "modules.wrappers.text_to_music:TransformersMusicgenMelody"),
     "point-e": ("pointcloud", "modules.wrappers.text_to_3d:PointEWrapper"),
+    "point-e-image": ("pointcloud", "modules.wrappers.text_to_3d:PointEImageWrapper"),
 }
 
 

@@ -333,8 +333,8 @@ class TransformersMusicgen(Wrapper):
             path = folder / f"{stamp}-{self.entry.id}-seed{settings.seed}-{index + 1}.wav"
             parameters = generation_parameters(self.entry, prompts[index], settings)
             with soundfile.SoundFile(path, "w", final.sampling_rate, 1, subtype="PCM_16") as wav:
-                for field, text in riff_info(parameters).items():
-                    setattr(wav, field, text)  # soundfile writes these as the RIFF INFO chunk
+                for info_field, text in riff_info(parameters).items():
+                    setattr(wav, info_field, text)  # soundfile writes these as the RIFF INFO chunk
                 wav.write(samples)
             paths.append(path)
         return replace(final, paths=tuple(paths))
