@@ -84,10 +84,8 @@ def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSe
     queue = DeviceQueue(max_waiting)
     started = int(time.time())
 
-    def find(task: str, model_id: str | None) -> Any:
+    def find(task: str, model_id: str) -> Any:
         group = wrappers.get(task, {})
-        if model_id is None and group:
-            return next(iter(group.values()))  # the catalogue's order puts the default first
         if model_id not in group:
             served = ", ".join(group) or "none"
             raise APIError(404, f"The model {model_id!r} does not exist here for this endpoint "

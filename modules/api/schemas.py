@@ -60,7 +60,7 @@ class ChatCompletionRequest(_Request):
 
 class ImageRequest(_Request):
     prompt: str
-    model: str | None = None
+    model: str
     n: int = 1
     size: str | None = Field(None, description="WIDTHxHEIGHT, or auto for the model's own size")
     seed: int | None = Field(None, description="an extension: the same seed and settings give the same images")
