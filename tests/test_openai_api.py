@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import httpx
 import openai
 import pytest
@@ -20,6 +21,8 @@ from gradio_client import Client
 from openai import OpenAI
 from PIL import Image
 
+from modules.api.errors import APIError
+from modules.api.running import DeviceQueue
 from modules.catalog import load_catalog
 from modules.wrappers import wrapper_tasks
 from tests.conftest import ROOT, AppServer, model_row
@@ -163,6 +166,30 @@ def test_a_model_without_its_files_is_unavailable_not_swapped(chat_api: OpenAI) 
         chat_api.chat.completions.create(model="smollm2-1.7b", messages=STORY, max_tokens=4)
     assert caught.value.status_code == 503 and caught.value.code == "model_unavailable"
     assert "hf download HuggingFaceTB/SmolLM2-1.7B-Instruct" in caught.value.message
+
+
+def test_the_device_queue_serves_one_run_at_a_time_and_refuses_beyond_its_size() -> None:
+    async def scenario() -> list[str]:
+        queue = DeviceQueue(max_waiting=1)
+        order: list[str] = []
+
+        async def second() -> None:
+            async with queue.slot():
+                order.append("second ran")
+
+        await queue.acquire()
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(second)
+            await anyio.wait_all_tasks_blocked()  # `second` now waits for the slot
+            assert queue.waiting == 1 and order == []
+            with pytest.raises(APIError) as caught:
+                await queue.acquire()
+            assert caught.value.status == 429 and caught.value.code == "queue_full"
+            order.append("first done")
+            queue.release()
+        return order
+
+    assert anyio.run(scenario) == ["first done", "second ran"]
 
 
 # -- errors --------------------------------------------------------------------------------------------
