@@ -3,7 +3,9 @@
 The page's requests wait in Gradio's queue, which is internal to Gradio. The API's requests wait here,
 in a queue of their own for the device (one run at a time, in arrival order). Both go through the one
 memory manager, whose leases keep each model in place while it serves; the two queues are not yet
-one fair queue, so a page request and an API request may run side by side.
+one fair queue (issue 11), so a page request and an API request may run side by side.
+
+A stream notices a client that leaves and stops its run; a non-streaming request runs to its end.
 """
 
 from __future__ import annotations
