@@ -31,6 +31,9 @@ CATALOG = load_catalog(ROOT / "models.yaml", wrapper_tasks())
 EMBEDDED = CATALOG.tasks["chat"].fallback
 KEY = "sk-test-key"
 STORY = [{"role": "user", "content": "Tell me a long story about a dragon."}]
+#: How long a request may take before the test calls it hung: a first request loads the model, and CI
+#: machines may be busy (a load average of 30 made one take over 5 minutes). A bound, not a speed target.
+HANG_SECONDS = 900
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +45,13 @@ def chat_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
 
 @pytest.fixture(scope="module")
 def chat_api(chat_app: AppServer) -> OpenAI:
-    return OpenAI(base_url=f"{chat_app.url}v1", api_key=KEY, max_retries=0, timeout=300)
+    return OpenAI(base_url=f"{chat_app.url}v1", api_key=KEY, max_retries=0, timeout=HANG_SECONDS)
 
 
 @pytest.fixture(scope="module")
 def tiny_api(tiny_app: AppServer) -> OpenAI:
     """The open tiny app (no --auth, no keys): the client's key is ignored."""
-    return OpenAI(base_url=f"{tiny_app.url}v1", api_key="unused", max_retries=0, timeout=300)
+    return OpenAI(base_url=f"{tiny_app.url}v1", api_key="unused", max_retries=0, timeout=HANG_SECONDS)
 
 
 @pytest.fixture(scope="module")
