@@ -15,6 +15,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from modules.api.access import parse_api_keys
+from modules.api.openai import openai_routes
 from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
 from modules.wrappers import build_wrapper, wrapper_tasks
@@ -48,6 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--auth",
         default=os.environ.get("ATELIER_AUTH"),
         help="user:password (comma-separate several); also read from $ATELIER_AUTH",
+    )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="a key the OpenAI-compatible API at /v1 accepts as 'Authorization: Bearer KEY' (repeat or "
+        "comma-separate; also $ATELIER_API_KEYS); given, or with --auth, /v1 requires one",
     )
     parser.add_argument("--models", type=Path, default=HERE / "models.yaml", help="the model catalogue to serve")
     parser.add_argument("--tiny", action="store_true", help="serve tiny random-weight models built offline")
@@ -198,6 +207,9 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size="20mb",
         allowed_paths=[str(args.outputs)],  # generated files are served from --outputs only
         mcp_server=args.mcp,
+        # The OpenAI-compatible API: a sibling of the tabs on the same server (see modules/api/openai.py).
+        app_kwargs={"routes": openai_routes(wrappers, host, api_keys=parse_api_keys(args.api_key),
+                                            login_required=auth is not None, max_waiting=args.queue_size)},
     )
 
 
