@@ -17,6 +17,7 @@ from typing import Any
 
 from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
+from modules.roles import Access
 from modules.wrappers import build_wrapper, wrapper_tasks
 from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
 
@@ -32,6 +33,7 @@ TABS: dict[str, tuple[str, str]] = {
     "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
     "pointcloud": ("🧊 3D", "modules.tabs.points3d:build_points3d_tab"),
 }
+SYSTEM_TITLE = "🖥️ System"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("ATELIER_AUTH"),
         help="user:password (comma-separate several); also read from $ATELIER_AUTH",
     )
+    parser.add_argument("--admin", metavar="USER", help="the --auth user who is the host (may unload models)")
     parser.add_argument("--models", type=Path, default=HERE / "models.yaml", help="the model catalogue to serve")
     parser.add_argument("--tiny", action="store_true", help="serve tiny random-weight models built offline")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -120,7 +123,9 @@ def build_wrappers(catalog: Catalog, manager: MemoryManager, host: HostSettings)
     return wrappers
 
 
-def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]]) -> Any:
+def build_app(
+    catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]], access: Access = Access()
+) -> Any:
     import gradio as gr
 
     from modules.tabs import bridge
@@ -140,15 +145,20 @@ def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict
                     module_name, function = builder_path.split(":")
                     options = {"fallback": group.fallback} if group.fallback else {}
                     parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
-            with gr.Tab("🖥️ System", id="system"):
+            with gr.Tab(SYSTEM_TITLE, id="system"):
                 labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
-                build_system_tab(manager, labels)
+                build_system_tab(manager, labels, access, demo, tabs, SYSTEM_TITLE)
         bridge.connect(tabs, parts)
     return demo
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    auth = parse_auth(args.auth)
+    try:
+        access = Access.from_settings(args.admin, [user for user, _ in auth or []], args.share, args.host)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.outputs.mkdir(parents=True, exist_ok=True)
     # Gradio serves files from its temp dir: keep that inside the app's own output folder.
@@ -173,8 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         wrappers = build_wrappers(catalog, manager, host)
     except CatalogError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo = build_app(catalog, manager, wrappers)
-    auth = parse_auth(args.auth)
+    demo = build_app(catalog, manager, wrappers, access)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
