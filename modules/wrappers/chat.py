@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from modules.wrappers.base import InvalidInput, Settings, Wrapper, check_prompt, stream_from_thread
+from modules.wrappers.base import InvalidInput, Settings, Wrapper, check_prompt, resolve_seed, stream_from_thread
 from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
+from modules.wrappers.sampling import own_random_stream
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
@@ -177,7 +178,7 @@ class TransformersChat(ChatWrapper):
         counter: _Counter,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -203,12 +204,14 @@ class TransformersChat(ChatWrapper):
 
         def generate() -> None:
             try:
-                with torch.inference_mode():
+                # A fresh seed per reply, drawn on the request's own stream, never torch's global one.
+                with torch.inference_mode(), own_random_stream(resolve_seed(-1)) as (lend, take_back):
                     result["ids"] = model.model.generate(
                         **inputs,
                         max_new_tokens=settings.max_new_tokens,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
+                        logits_processor=LogitsProcessorList([lend]),
+                        stopping_criteria=StoppingCriteriaList([take_back, StopWhenAsked()]),
                         pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
                         **sampling,
                     )
