@@ -17,6 +17,7 @@ from typing import Any
 
 from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
+from modules.outputs import OutputLimits, start_housekeeping
 from modules.roles import Access
 from modules.wrappers import build_wrapper, wrapper_tasks
 from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
@@ -58,6 +59,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-budget", type=parse_bytes, help="device budget, e.g. 12GB (default: from the device)")
     parser.add_argument("--idle-unload", type=float, metavar="MINUTES", help="unload models idle this long (off by default)")
     parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
+    parser.add_argument("--outputs-max-size", type=parse_bytes, default="2GB", help="the output folder's size cap (oldest files go first)")
+    parser.add_argument("--outputs-max-hours", type=float, default=24.0, help="output files older than this are removed")
+    parser.add_argument(
+        "--outputs-keep-minutes", type=float, default=30.0, help="output files this recent are never removed (a page may show them)"
+    )
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
     parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest music a request may ask for")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
@@ -163,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     args.outputs.mkdir(parents=True, exist_ok=True)
     # Gradio serves files from its temp dir: keep that inside the app's own output folder.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(args.outputs / "gradio"))
+    start_housekeeping(
+        args.outputs, OutputLimits(args.outputs_max_size, args.outputs_max_hours * 3600, args.outputs_keep_minutes * 60)
+    )
     device = resolve_device(args.device)
     manager = MemoryManager(
         device,
