@@ -106,12 +106,25 @@ def build_system_tab(
         exact = {s.key: s.bytes for s in manager.status()}
         return [dict(zip(COLUMNS, row)) | {"bytes": exact[row[1]]} for row in status_rows(manager, labels)]
 
+    def system_memory() -> dict[str, Any]:
+        """The summary line's figures in bytes (device budget, in use, offloaded) and the queue's counts."""
+        running, waiting = queue_counts(blocks) or (0, 0)
+        return {
+            "device": manager.device,
+            "budget": manager.budget.limit(),
+            "used": manager.used_bytes(),
+            "offloaded": manager.offloaded_bytes(),
+            "queue_running": running,
+            "queue_waiting": waiting,
+        }
+
     def unload_model(key: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
         """Unload one model now (host only); it loads again on its next use."""
         unload(key, request, profile)
         return f"unloaded {key}"
 
     gr.api(system_status, api_name="system_status")
+    gr.api(system_memory, api_name="system_memory")
     gr.api(unload_model, api_name="unload_model")
     # Each open page would otherwise poll every 2 s whatever tab it shows: tick only while this tab is open.
     timer = gr.Timer(REFRESH_SECONDS, active=False)
