@@ -11,6 +11,9 @@ LLAMA_CPP ?= llama-cpp-python==0.3.36
 # llama-cpp-python is published only as source: its wheel is built once (~9 min on 2 cores) and kept here.
 WHEELS    ?= $(HOME)/.cache/atelier/wheels
 LLAMA_BUILT = $(WHEELS)/.$(subst ==,-,$(LLAMA_CPP)).built
+# The Khronos glTF validator (npm), which the tests run on the GLB files Atelier writes.
+GLTF_VALIDATOR ?= gltf-validator@2.0.0-dev.3.10
+VALIDATOR      := .cache/node/node_modules/gltf-validator/package.json
 
 .PHONY: run tiny test bench setup setup-dev system-packages llama llama-wheel llama-site clean
 
@@ -21,7 +24,7 @@ tiny: setup
 	$(PY) app.py --tiny --port $(PORT) $(ARGS)
 
 # Both chat paths: the whole suite without llama.cpp, then the chat tests with it (see tests/run.sh).
-test: setup-dev system-packages
+test: setup-dev system-packages $(VALIDATOR)
 	PY=$(PY) bash tests/run.sh
 
 bench: setup-dev
@@ -44,11 +47,15 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(VALIDATOR):
+	npm install --silent --no-audit --no-fund --prefix .cache/node $(GLTF_VALIDATOR)
+
 # Debian packages the tests need: chromium for the UI tests (Playwright's own browser download needs the
-# web), ffmpeg for Gradio's streaming audio, cmake and g++ to build llama.cpp.
+# web), ffmpeg for Gradio's streaming audio and the WAV tests, npm for the glTF validator, cmake and g++
+# to build llama.cpp.
 system-packages:
 	@missing=""; \
-	for tool in chromium:chromium ffmpeg:ffmpeg cmake:cmake g++:g++; do \
+	for tool in chromium:chromium ffmpeg:ffmpeg npm:npm cmake:cmake g++:g++; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-image-side", type=int, default=1024, help="largest image width or height a request may ask for")
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000, help="uploads declaring more pixels are refused")
     parser.add_argument(
+        "--mcp",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="serve every generation tab as an MCP tool at /gradio_api/mcp/ (default on; --no-mcp turns it off)",
+    )
+    parser.add_argument(
         "--safety-checker",
         choices=["on", "off", "auto"],
         default="auto",
@@ -209,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         auth=auth,
         max_file_size="20mb",
         allowed_paths=[str(args.outputs)],  # generated files are served from --outputs only
+        mcp_server=args.mcp,
     )
 
 

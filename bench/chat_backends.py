@@ -7,7 +7,7 @@ machine slows all three alike). Speeds are end to end as a client sees them: tok
     python bench/chat_backends.py [--rounds 5] [--max-new-tokens N]
 
 Targets (issue 5): llama.cpp / transformers through Atelier >= 4; Atelier llama.cpp / raw llama.cpp >= 0.9.
-Each conversation is single-turn and fresh (a new Gradio session per request), and replies run to the
+Each conversation is single-turn and fresh (the /chat API is stateless), and replies run to the
 embedded model's default length (its `max_new_tokens` in models.yaml) unless --max-new-tokens says otherwise.
 """
 
@@ -59,13 +59,12 @@ def through_atelier(client, model_id: str, max_new_tokens: int) -> tuple[int, fl
     of a request (about 0.1-0.15 s on loopback here, the same for a bare Gradio app); the reported speed
     is the wrapper's own, from the start of generation to its end.
     """
-    # A new session is a new conversation: Gradio keeps a chat's history per session, and raw llama.cpp
-    # answers the single-turn prompt every round, so the app must too.
-    client.reset_session()
     started = time.perf_counter()
-    _reply, note = client.predict(PROMPT, model_id, SYSTEM, 0.0, 0.9, max_new_tokens, api_name="/chat")
+    _reply, note = client.predict(
+        PROMPT, model=model_id, system_prompt=SYSTEM, temperature=0.0, top_p=0.9, max_new_tokens=max_new_tokens, api_name="/chat"
+    )
     seconds = time.perf_counter() - started
-    stats = re.search(r"(\d+) tokens · ([\d.]+) tokens/s", note["metadata"]["title"])
+    stats = re.search(r"(\d+) tokens · ([\d.]+) tokens/s", note)
     return int(stats.group(1)), seconds, float(stats.group(2))
 
 

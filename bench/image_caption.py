@@ -113,7 +113,7 @@ def main() -> None:
                 f"image: {STEPS} steps, {SIDE}x{SIDE}, CFG",
                 direct_image(image_folder),
                 lambda: client.predict(
-                    "a red cat", "", image_model, STEPS, GUIDANCE, SIDE, SIDE, 1, "default", SEED, False,
+                    "a red cat", model=image_model, seed=SEED, steps=STEPS, guidance=GUIDANCE, width=SIDE, height=SIDE,
                     api_name="/generate_image",
                 ),
                 args.runs,
@@ -122,7 +122,8 @@ def main() -> None:
                 f"caption: {BEAMS} beams, {MAX_TOKENS} tokens",
                 direct_caption(caption_folder, picture),
                 lambda: client.predict(
-                    handle_file(str(picture)), caption_model, "", "beam", BEAMS, 0.9, 1.0, MAX_TOKENS, api_name="/caption"
+                    handle_file(str(picture)), model=caption_model, decoding="beam", num_beams=BEAMS, max_new_tokens=MAX_TOKENS,
+                    api_name="/caption",
                 ),
                 args.runs,
             ),

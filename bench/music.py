@@ -58,7 +58,10 @@ def raw_seconds(model, processor, duration: float, seed: int) -> float:
 
 def app_seconds(client, duration: float, seed: int) -> float:
     started = time.perf_counter()
-    client.submit("tiny-musicgen", PROMPT, duration, seed, False, 250, 0.0, 1.0, 3.0, api_name="/music").result(timeout=600)
+    client.submit(
+        PROMPT, model="tiny-musicgen", seed=seed, duration=duration, top_k=250, top_p=0.0, temperature=1.0, guidance=3.0,
+        api_name="/generate_music",
+    ).result(timeout=600)
     return time.perf_counter() - started
 
 

@@ -85,7 +85,7 @@ def direct_seconds(pipeline, steps: int, seed: int) -> float:
 
 def app_seconds(client: Client, model: str, steps: int, seed: int) -> float:
     started = time.perf_counter()
-    client.submit(PROMPT, model, 3.0, steps, seed, False, api_name="/generate_3d").result(timeout=600)
+    client.submit(PROMPT, model=model, seed=seed, steps=steps, guidance=3.0, api_name="/generate_3d").result(timeout=600)
     return time.perf_counter() - started
 
 

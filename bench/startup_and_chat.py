@@ -116,25 +116,22 @@ def chat_ratio(workdir: Path, model_id: str) -> tuple[float, float, float, float
     try:
         server.wait_until_serving()
         client = server.client()
-        args = (PROMPT, model_id, "You are a helpful assistant.", 0.0, 1.0, MAX_NEW_TOKENS)
-        client.predict(*args, api_name="/chat")  # load the model once, outside the timing
+        settings = {"model": model_id, "temperature": 0.0, "top_p": 1.0, "max_new_tokens": MAX_NEW_TOKENS}
+        client.predict(PROMPT, **settings, api_name="/chat")  # load the model once, outside the timing
         raw_run = raw_generator(model_id)
         raw_run()
         raws, apps, firsts = [], [], []
         for _ in range(RUNS + 2):
             raws.append(raw_run())
-            # Each request in a new session, so a new conversation: Gradio keeps a chat's history per
-            # session, and the raw run answers the single-turn prompt every time.
-            client.reset_session()
+            # /chat is stateless, so each request is a new single-turn conversation, as the raw run's.
             started = time.perf_counter()
-            _reply, note = client.predict(*args, api_name="/chat")
-            tokens = int(note["metadata"]["title"].split(" tokens")[0].split()[-1])
+            _reply, note = client.predict(PROMPT, **settings, api_name="/chat")
+            tokens = int(note.split(" tokens")[0].split()[-1])
             apps.append(tokens / (time.perf_counter() - started))
             # Time to first token: a separate request, watched until its first streamed text.
-            client.reset_session()
             started = time.perf_counter()
-            job = client.submit(*args, api_name="/chat")
-            while not [o for o in job.outputs() if o] and not job.done():
+            job = client.submit(PROMPT, **settings, api_name="/chat")
+            while not [reply for reply, _ in job.outputs() if reply] and not job.done():
                 time.sleep(0.01)
             firsts.append(time.perf_counter() - started)
             job.result()

@@ -34,26 +34,28 @@ def client(embedded_app: AppServer) -> Client:
     return embedded_app.client()
 
 
-def chat(client: Client, message: str, model: str = EMBEDDED, **settings: float) -> tuple[str, str, list]:
-    """Send one message; return the reply text, its stats note and every streamed output."""
+def chat(
+    client: Client, message: str, model: str = EMBEDDED, history: object = None, **settings: float
+) -> tuple[str, str, list]:
+    """Send one message; return the reply text, its stats note and every streamed (reply, stats) output."""
     job = client.submit(
         message,
-        model,
-        SYSTEM,
-        settings.get("temperature", 0.0),
-        settings.get("top_p", 0.9),
-        settings.get("max_new_tokens", 24),
+        history=history,
+        model=model,
+        system_prompt=SYSTEM,
+        temperature=settings.get("temperature", 0.0),
+        top_p=settings.get("top_p", 0.9),
+        max_new_tokens=settings.get("max_new_tokens", 24),
         api_name="/chat",
     )
-    final = job.result(timeout=300)
-    reply, note = final
-    return reply["content"], note["metadata"]["title"], job.outputs()
+    reply, note = job.result(timeout=300)
+    return reply, note, job.outputs()
 
 
 def test_embedded_model_streams_a_reply_with_its_speed(client: Client) -> None:
     text, note, outputs = chat(client, "Write a haiku about the ocean.", max_new_tokens=32)
     assert text.strip(), "the reply is empty"
-    streamed = [o for o in outputs if isinstance(o, str) and o]
+    streamed = [reply for reply, _ in outputs if reply]
     assert len(streamed) >= 3, f"expected a stream of partial replies, got {outputs!r}"
     assert all(later.startswith(earlier) for earlier, later in zip(streamed, streamed[1:])), "stream is not incremental"
     assert "tokens/s" in note and "first token" in note and "SmolLM2" in note
@@ -65,12 +67,20 @@ def test_greedy_replies_repeat_and_context_carries(client: Client) -> None:
     first, _, _ = chat(client, "Name a colour.", max_new_tokens=12)
     again, _, _ = chat(client, "Name a colour.", max_new_tokens=12)
     assert first == again
+    # The API is stateless: earlier turns travel in `history`, and the model sees them.
+    turns = [{"role": "user", "content": "My favourite colour is green."}, {"role": "assistant", "content": "Noted: green."}]
+    informed, _, _ = chat(client, "Name a colour.", history=turns, max_new_tokens=12)
+    assert informed.strip() and informed != first, "the earlier turns did not reach the model"
+    with pytest.raises(Exception, match="expected a list of"):
+        chat(client, "Name a colour.", history=["not a turn"])
 
 
 def test_stop_ends_generation_and_releases_the_lease(client: Client) -> None:
-    job = client.submit("Tell me a very long story about a dragon.", EMBEDDED, SYSTEM, 0.7, 0.95, 2000, api_name="/chat")
+    job = client.submit(
+        "Tell me a very long story about a dragon.", model=EMBEDDED, temperature=0.7, top_p=0.95, max_new_tokens=2000, api_name="/chat"
+    )
     deadline = time.monotonic() + 120
-    while len([o for o in job.outputs() if o]) < 3:
+    while len([reply for reply, _ in job.outputs() if reply]) < 3:
         assert time.monotonic() < deadline, "no streamed output before the deadline"
         time.sleep(0.05)
     job.cancel()
@@ -128,10 +138,10 @@ def test_system_tab_unloads_a_model(client: Client) -> None:
 
 
 def test_tiny_app_chats_on_a_random_weight_model(tiny_client: Client) -> None:
-    job = tiny_client.submit("hello", "tiny-chat", SYSTEM, 0.0, 1.0, 16, api_name="/chat")
-    reply, note = job.result(timeout=120)
-    title = note["metadata"]["title"]
-    assert reply["content"] and "Tiny Llama" in title and "16 tokens" in title
+    reply, note = tiny_client.predict(
+        "hello", model="tiny-chat", temperature=0.0, top_p=1.0, max_new_tokens=16, api_name="/chat"
+    )
+    assert reply and "Tiny Llama" in note and "16 tokens" in note
 
 
 def test_auth_protects_the_app(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from PIL import Image
 
 from modules.tiny import build_tiny_catalog
 from tests.conftest import AppServer, model_row
+from tests.test_music import music
 
 CORRUPT, MISSING = "corrupt-blip", "missing-sd"
 
@@ -56,7 +57,7 @@ def broken_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
 
 
 def chat(client: Client) -> str:
-    reply, _ = client.submit("hello", "tiny-chat", "", 0.0, 1.0, 4, api_name="/chat").result(timeout=120)
+    reply, _ = client.submit("hello", model="tiny-chat", temperature=0.0, max_new_tokens=4, api_name="/chat").result(timeout=120)
     return reply["content"]
 
 
@@ -66,11 +67,11 @@ def test_broken_models_fail_only_their_own_tab_and_memory_stays_right(broken_app
     Image.new("RGB", (32, 32), (128, 128, 128)).save(image)
     for _ in range(2):  # and again: a failed load leaves nothing half-done behind
         with pytest.raises(Exception, match="Corrupt BLIP could not be loaded"):
-            client.predict(handle_file(str(image)), CORRUPT, "", "beam", 2, 0.9, 1.0, 8, api_name="/caption")
+            client.predict(handle_file(str(image)), model=CORRUPT, api_name="/caption")
         with pytest.raises(Exception, match="Missing SD: no model files at"):
-            client.predict("a cat", "", MISSING, 2, 5.0, 64, 64, 1, "default", 1, False, api_name="/generate_image")
+            client.predict("a cat", model=MISSING, api_name="/generate_image")
     assert chat(client)
-    result = client.predict("tiny-musicgen", "piano", 1, 1, False, 250, 0.0, 1.0, 3.0, api_name="/music")
+    result = music(client, "piano", duration=1).result(timeout=300)
     assert result[-1], "music made no file"
     rows = {row["key"]: row for row in client.predict(api_name="/system_status")}
     for key in (f"caption/{CORRUPT}", f"image/{MISSING}"):
@@ -85,7 +86,7 @@ MUSIC_CLIENT = """
 import sys
 from gradio_client import Client
 client = Client(sys.argv[1], verbose=False)
-job = client.submit("tiny-musicgen", "a long piece", 30, 1, False, 250, 0.0, 1.0, 3.0, api_name="/music")
+job = client.submit("a long piece", model="tiny-musicgen", seed=1, duration=30, api_name="/generate_music")
 while not any(isinstance(output[1], str) and output[1].startswith("⏳") for output in job.outputs()):
     pass
 print("generating", flush=True)

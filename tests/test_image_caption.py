@@ -7,6 +7,7 @@ both models and evicting one when the budget only fits one.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
 import zlib
@@ -31,16 +32,15 @@ def generate(client: Client, prompt: str = "a red cat", seed: int | None = 7, **
     """One /generate_image call: the PNG paths, the seed used, the stats line and every streamed output."""
     job = client.submit(
         prompt,
-        settings.get("negative_prompt", ""),
-        settings.get("model", IMAGE),
-        settings.get("num_steps", 4),
-        settings.get("guidance", 5.0),
-        settings.get("width", 64),
-        settings.get("height", 64),
-        settings.get("batch", 1),
-        settings.get("scheduler", "default"),
-        seed if seed is not None else 0,
-        seed is None,
+        negative_prompt=settings.get("negative_prompt", ""),
+        model=settings.get("model", IMAGE),
+        seed=-1 if seed is None else seed,
+        steps=settings.get("num_steps", 4),
+        guidance=settings.get("guidance", 5.0),
+        width=settings.get("width", 64),
+        height=settings.get("height", 64),
+        batch=settings.get("batch", 1),
+        scheduler=settings.get("scheduler", "default"),
         api_name="/generate_image",
     )
     gallery, files, seed_used, stats = job.result(timeout=120)
@@ -51,13 +51,13 @@ def caption(client: Client, image: Path | str, prefix: str = "", **settings: obj
     """One /caption call: the image the model saw, the caption and the stats line."""
     seen, text, stats = client.predict(
         handle_file(str(image)),
-        settings.get("model", CAPTION),
-        prefix,
-        settings.get("decoding", "beam"),
-        settings.get("num_beams", 2),
-        0.9,
-        1.0,
-        settings.get("max_length", 8),
+        model=settings.get("model", CAPTION),
+        prefix=prefix,
+        decoding=settings.get("decoding", "beam"),
+        num_beams=settings.get("num_beams", 2),
+        top_p=0.9,
+        temperature=1.0,
+        max_new_tokens=settings.get("max_length", 8),
         api_name="/caption",
     )
     return Path(seen), text, stats
@@ -85,12 +85,15 @@ def test_png_carries_a1111_parameters_and_batch_seeds_count_up(tiny_client: Clie
         tiny_client, "a lighthouse at dusk", seed=1234, negative_prompt="blurry", batch=2, scheduler="euler-a", guidance=3.5
     )
     assert used == 1234 and len(paths) == 2
+    weights = build_tiny_catalog().tasks["image"].get(IMAGE).source.local_folder() / "unet" / "diffusion_pytorch_model.safetensors"
+    model_hash = hashlib.sha256(weights.read_bytes()).hexdigest()[:10]
     for path, seed in zip(paths, (1234, 1235)):
         text = Image.open(path).info["parameters"]
         assert text.splitlines() == [
             "a lighthouse at dusk",
             "Negative prompt: blurry",
-            f"Steps: 4, Sampler: Euler a, CFG scale: 3.5, Seed: {seed}, Size: 64x64, Model: tiny-sd",
+            f"Steps: 4, Sampler: Euler a, Schedule type: Uniform, CFG scale: 3.5, Seed: {seed}, Size: 64x64, "
+            f"Model hash: {model_hash}, Model: tiny-sd, RNG: CPU",
         ]
     alone, _, _, _ = generate(tiny_client, "a lighthouse at dusk", seed=1235, negative_prompt="blurry", scheduler="euler-a", guidance=3.5)
     # A batch of 2 and a batch of 1 run different BLAS blockings, so float rounding may move a few pixels
@@ -103,14 +106,14 @@ def test_png_carries_a1111_parameters_and_batch_seeds_count_up(tiny_client: Clie
     ("settings", "expected"),
     [
         ({"width": 100}, "width=100: Input should be a multiple of 8"),
-        ({"height": 2048}, "Value 2048 is greater than maximum value 1024"),  # the host's --max-image-side
-        ({"width": 32}, "Value 32 is less than minimum value 64"),
-        ({"num_steps": 0}, "Value 0 is less than minimum value 1"),
-        ({"num_steps": 500}, "Value 500 is greater than maximum value 150"),
-        ({"batch": 20}, "Value 20 is greater than maximum value 8"),
-        ({"guidance": -1}, "Value -1 is less than minimum value 0"),
-        ({"scheduler": "made-up"}, "not in the list of choices"),
-        ({"model": "org/anything"}, "not in the list of choices"),
+        ({"height": 2048}, "height: Value 2048 is greater than maximum value 1024"),  # the host's --max-image-side
+        ({"width": 32}, "width: Value 32 is less than minimum value 64"),
+        ({"num_steps": 0}, "steps: Value 0 is less than minimum value 1"),
+        ({"num_steps": 500}, "steps: Value 500 is greater than maximum value 150"),
+        ({"batch": 20}, "batch: Value 20 is greater than maximum value 8"),
+        ({"guidance": -1}, "guidance: Value -1 is less than minimum value 0"),
+        ({"scheduler": "made-up"}, "scheduler: Value: made-up is not in the list of choices"),
+        ({"model": "org/anything"}, "model: Value: org/anything is not in the list of choices"),
     ],
 )
 def test_out_of_range_settings_get_a_clear_error(tiny_client: Client, settings: dict, expected: str) -> None:
@@ -139,7 +142,7 @@ def test_empty_prompt_is_refused(tiny_client: Client) -> None:
 
 
 def test_stop_interrupts_denoising_and_releases_the_lease(tiny_client: Client) -> None:
-    job = tiny_client.submit("a long one", "", IMAGE, 150, 5.0, 64, 64, 1, "default", 1, False, api_name="/generate_image")
+    job = tiny_client.submit("a long one", model=IMAGE, seed=1, steps=150, width=64, height=64, api_name="/generate_image")
     stop_when(tiny_client, job, f"image/{IMAGE}", lambda outputs: any(str(o[-1]).startswith("Denoising: step") for o in outputs))
     steps = [o[-1] for o in job.outputs() if isinstance(o[-1], str)]
     assert len(steps) < 150 and not any(s.startswith("⏱") for s in steps), "denoising ran to the end after Stop"

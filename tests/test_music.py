@@ -31,16 +31,15 @@ def wrapper(tmp_path_factory: pytest.TempPathFactory) -> TransformersMusicgen:
 def music(client: Client, prompt: str, duration: object = 2, **settings: object):
     """Submit one request (fixed seed unless told); return the job."""
     return client.submit(
-        MODEL,
         prompt,
-        duration,
-        settings.get("seed", 1),
-        settings.get("randomise", False),
-        settings.get("top_k", 250),
-        settings.get("top_p", 0.0),
-        settings.get("temperature", 1.0),
-        settings.get("guidance", 3.0),
-        api_name="/music",
+        model=MODEL,
+        seed=-1 if settings.get("randomise") else settings.get("seed", 1),
+        duration=duration,
+        top_k=settings.get("top_k", 250),
+        top_p=settings.get("top_p", 0.0),
+        temperature=settings.get("temperature", 1.0),
+        guidance=settings.get("guidance", 3.0),
+        api_name="/generate_music",
     )
 
 
@@ -121,12 +120,12 @@ def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> Non
         ("", 2, {}, "prompt is empty"),
         ("  \n ", 2, {}, "prompt is empty"),
         ("x" * 100_000, 2, {}, "prompt is 100,000 characters; the limit on this server is 10,000"),
-        ("piano", 0, {}, "Value 0 is less than minimum value 1"),
-        ("piano", -3, {}, "Value -3 is less than minimum value 1"),
-        ("piano", 31, {}, "Value 31 is greater than maximum value 30"),
-        ("piano", "ten", {}, "Duration (s)='ten' is not a number"),
-        ("piano", 2, {"temperature": "hot"}, "Temperature='hot' is not a number"),
-        ("piano", 2, {"seed": "lucky"}, "Seed='lucky' is not a number"),
+        ("piano", 0, {}, "duration: Value 0 is less than minimum value 1"),
+        ("piano", -3, {}, "duration: Value -3 is less than minimum value 1"),
+        ("piano", 31, {}, "duration: Value 31 is greater than maximum value 30"),
+        ("piano", "ten", {}, "duration='ten' is not a number"),
+        ("piano", 2, {"temperature": "hot"}, "temperature='hot' is not a number"),
+        ("piano", 2, {"seed": "lucky"}, "seed='lucky' is not a number"),
     ],
 )
 def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(

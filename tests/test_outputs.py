@@ -10,6 +10,7 @@ from gradio_client import Client
 
 from modules.outputs import OutputLimits, sweep
 from tests.conftest import AppServer
+from tests.test_music import music
 
 NOW = 1_000_000_000.0
 HOUR = 3600.0
@@ -72,6 +73,6 @@ def test_the_app_sweeps_its_output_folder_at_start_and_keeps_what_it_makes(tmp_p
     with AppServer(args, tmp_path) as server:
         assert remaining(outputs) == {"music/recent.wav"}, "the start-up sweep kept an old file or lost a recent one"
         client = Client(server.url, verbose=False)
-        client.predict("tiny-musicgen", "piano", 1, 1, False, 250, 0.0, 1.0, 3.0, api_name="/music")
+        music(client, "piano", duration=1).result(timeout=300)
         made = remaining(outputs) - {"music/recent.wav"}
         assert any(name.startswith("music/") and name.endswith(".wav") for name in made), made

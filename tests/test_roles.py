@@ -92,7 +92,7 @@ def admin_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
 
 
 def load_chat_model(client: Client) -> None:
-    client.submit("hello", "tiny-chat", "", 0.0, 1.0, 2, api_name="/chat").result(timeout=120)
+    client.submit("hello", model="tiny-chat", temperature=0.0, max_new_tokens=2, api_name="/chat").result(timeout=120)
     assert model_row(client, CHAT_KEY)["state"] == "on device"
 
 

@@ -1,7 +1,8 @@
 """The bridge between the Image and Caption tabs: text -> image -> text, and back to a prompt.
 
 Each tab builder returns only the components the bridge needs; this file wires them, so neither tab
-knows the other exists. Both events are named APIs (`/caption_this`, `/use_as_prompt`).
+knows the other exists. Both events are named (`/caption_this`, `/use_as_prompt`) but undocumented: they are
+page wiring, not part of the public API.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def connect(tabs: gr.Tabs, parts: dict[str, Any]) -> None:
         return text.strip(), gr.Tabs(selected="image")
 
     image.caption_button.click(
-        caption_this, [image.gallery, image.selected], [caption.upload, tabs], api_name="caption_this"
+        caption_this, [image.gallery, image.selected], [caption.upload, tabs], api_name="caption_this",
+        api_visibility="undocumented",  # page wiring, not part of the public API
     )
-    caption.use_button.click(use_as_prompt, caption.caption, [image.prompt, tabs], api_name="use_as_prompt")
+    caption.use_button.click(
+        use_as_prompt, caption.caption, [image.prompt, tabs], api_name="use_as_prompt", api_visibility="undocumented"
+    )

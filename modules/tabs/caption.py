@@ -10,6 +10,11 @@ import gradio as gr
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
+    api_choice,
+    api_endpoint,
+    api_model,
+    api_number,
+    api_text,
     model_dropdown,
     model_notes,
     pick,
@@ -64,30 +69,43 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             with gr.Row():
                 run = gr.Button("Caption", variant="primary")
                 stop = gr.Button("Stop", variant="stop")
-    caption = gr.Textbox(label="Caption", interactive=True, lines=2)
+    caption_text = gr.Textbox(label="Caption", interactive=True, lines=2)
     stats = gr.Markdown()
     use_button = gr.Button("🎨 Use as prompt", size="sm")
 
     @user_errors
-    def describe(
-        image: str | None,
-        model_id: str,
-        prefix_text: str,
-        decoding_name: str,
-        num_beams: float,
-        nucleus_top_p: float,
-        sampling_temperature: float,
-        length: float,
+    def caption(
+        image: str,
+        model: str | None = None,
+        prefix: str | None = None,
+        decoding: str | None = None,
+        num_beams: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        max_new_tokens: int | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
+        """Describe an image in words (PNG, JPEG, WebP or GIF); returns the image as the model saw it, the
+        caption and a stats line.
+
+        Args:
+            image: the picture to describe.
+            model: a model id of this server's Caption catalogue; left out, the default model.
+            prefix: optional start of the caption, e.g. "a photograph of".
+            decoding: beam or nucleus; left out, the model's default (and likewise every setting below).
+            num_beams: beams for beam search.
+            top_p: nucleus sampling threshold.
+            temperature: sampling temperature.
+            max_new_tokens: longest caption, in tokens.
+        """
+        wrapper = pick(wrappers, model, default)
         settings = {
-            "prefix": prefix_text,
-            "decoding": decoding_name,
+            "prefix": prefix,
+            "decoding": decoding,
             "num_beams": num_beams,
-            "top_p": nucleus_top_p,
-            "temperature": sampling_temperature,
-            "max_length": length,
+            "top_p": top_p,
+            "temperature": temperature,
+            "max_length": max_new_tokens,
         }
         yield from stepped_outputs(
             wrapper.generate(image, on_step=step_progress(progress, "Writing"), **settings),
@@ -96,12 +114,29 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             finish=lambda result: (result.image, result.text, stats_line(result, wrapper.entry.name)),
         )
 
+    outputs = [seen, caption_text, stats]
     event = run.click(
-        describe,
+        caption,
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
-        [seen, caption, stats],
-        api_name="caption",
+        outputs,
+        api_name="caption_from_page",  # private; the public name belongs to the API endpoint below
+        api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+    )
+    api_endpoint(
+        caption,
+        [
+            upload,
+            api_model(wrappers),
+            api_text("prefix"),
+            api_choice("decoding", ["beam", "nucleus"]),
+            api_number("num_beams", first),
+            api_number("top_p", first),
+            api_number("temperature", first),
+            api_number("max_new_tokens", first, "max_length"),
+        ],
+        outputs,
+        api_name="caption",
     )
     stop.click(None, cancels=[event], api_visibility="private")
 
@@ -113,4 +148,4 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
     model.change(
         adopt_defaults, model, [model_info, decoding, beams, top_p, temperature, max_length], api_visibility="private"
     )
-    return CaptionTab(upload=upload, caption=caption, use_button=use_button)
+    return CaptionTab(upload=upload, caption=caption_text, use_button=use_button)

@@ -7,8 +7,18 @@ from typing import Any
 
 import gradio as gr
 
-from modules.tabs.common import model_dropdown, model_notes, pick, setting_slider, throttle, user_errors
-from modules.wrappers.base import ModelUnavailable
+from modules.tabs.common import (
+    api_model,
+    api_number,
+    api_text,
+    model_dropdown,
+    model_notes,
+    pick,
+    setting_slider,
+    throttle,
+    user_errors,
+)
+from modules.wrappers.base import InvalidInput, ModelUnavailable
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
 
 STATS_TITLE = "⏱"
@@ -49,49 +59,74 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
     notes = gr.Markdown(model_notes(first))
     model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
 
-    def stream(wrapper: ChatWrapper, message: str, history: list[Message], settings: dict[str, Any]) -> Iterator[ChatProgress]:
-        return throttle(wrapper.generate(message, history, **settings), UPDATE_SECONDS)
-
-    @user_errors
-    def respond(
-        message: str,
-        history: list[dict[str, Any]],
-        model_id: str,
-        system_prompt: str,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: float,
-    ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
-        settings = {
-            "system_prompt": system_prompt,
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-        }
-        turns = plain_history(history)
+    def reply(
+        message: str, turns: list[Message], model: str | None, settings: dict[str, Any]
+    ) -> Iterator[tuple[ChatProgress, str, ChatWrapper]]:
+        """The reply as it grows, with the fallback notice ("" when none) and the wrapper that answers."""
+        wrapper = pick(wrappers, model, default)
         notice = ""
-        if fallback and model_id != fallback and wrapper.availability():
+        if fallback and wrapper.entry.id != fallback and wrapper.availability():
             notice = f"⚠️ {wrapper.entry.name} is not available here; answering with {wrappers[fallback].entry.name}. "
             wrapper = wrappers[fallback]
-        progress = None
         try:
-            for progress in stream(wrapper, message, turns, settings):
-                yield progress.text
+            for progress in throttle(wrapper.generate(message, turns, **settings), UPDATE_SECONDS):
+                yield progress, notice, wrapper
         except ModelUnavailable:
             if not fallback or wrapper is wrappers[fallback]:
                 raise
             notice = f"⚠️ {wrapper.entry.name} could not be loaded; answering with {wrappers[fallback].entry.name}. "
             wrapper = wrappers[fallback]
-            for progress in stream(wrapper, message, turns, settings):
-                yield progress.text
-        assert progress is not None  # generate always yields a final, done progress
+            for progress in throttle(wrapper.generate(message, turns, **settings), UPDATE_SECONDS):
+                yield progress, notice, wrapper
+
+    @user_errors
+    def respond(
+        message: str,
+        history: list[dict[str, Any]],
+        model: str,
+        system_prompt: str,
+        temperature: float,
+        top_p: float,
+        max_new_tokens: float,
+    ) -> Iterator[Any]:
+        settings = {"system_prompt": system_prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        for progress, notice, wrapper in reply(message, plain_history(history), model, settings):
+            yield progress.text
         stats = stats_line(progress, wrapper.entry.name)
         # The speed travels as a titled note under the reply; plain_history keeps it from the model.
         yield [
             gr.ChatMessage(role="assistant", content=progress.text),
             gr.ChatMessage(role="assistant", content=notice or stats, metadata={"title": notice + stats}),
         ]
+
+    @user_errors
+    def chat(
+        message: str,
+        history: list[dict[str, Any]] | None = None,
+        model: str | None = None,
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        max_new_tokens: int | None = None,
+    ) -> Iterator[tuple[str, str]]:
+        """Reply to a chat message with an instruction-tuned language model, streaming the reply; returns the
+        reply and a stats line (tokens, speed, model). Stateless: send the earlier turns as `history`.
+
+        Args:
+            message: the user's new message.
+            history: earlier turns, oldest first, as [{"role": "user" or "assistant", "content": "..."}].
+            model: a model id of this server's Chat catalogue; left out, the default model.
+            system_prompt: instructions for the assistant; left out, the model's default (and likewise below).
+            temperature: sampling temperature (0: greedy, the same reply every time).
+            top_p: nucleus sampling threshold.
+            max_new_tokens: longest reply, in tokens.
+        """
+        if history is not None and not (isinstance(history, list) and all(isinstance(turn, dict) for turn in history)):
+            raise InvalidInput(f"history={history!r}: expected a list of {{'role', 'content'}} turns")
+        settings = {"system_prompt": system_prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
+        for progress, notice, wrapper in reply(message, plain_history(history or []), model, settings):
+            yield progress.text, ""
+        yield progress.text, notice + stats_line(progress, wrapper.entry.name)
 
     with gr.Accordion("Settings", open=False):
         system_prompt = gr.Textbox(first.defaults.system_prompt, label="System prompt", lines=2)
@@ -110,9 +145,24 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         additional_inputs=[model, system_prompt, temperature, top_p, max_new_tokens],
         examples=[["Write a haiku about the ocean."], ["Explain what a GPU does, in two sentences."]],
         cache_examples=False,
-        api_name="chat",
+        api_visibility="private",  # the page's conversation; API callers use the stateless /chat below
         fill_height=False,
         stop_btn=True,
         # One reply at a time: ChatInterface takes no concurrency_id, so chat has its own queue of one.
+        concurrency_limit=1,
+    )
+    gr.Button(visible=False).click(
+        chat,
+        [
+            api_text("message"),
+            gr.JSON(value=None, label="history", visible=False),
+            api_model(wrappers),
+            api_text("system_prompt"),
+            api_number("temperature", first),
+            api_number("top_p", first),
+            api_number("max_new_tokens", first),
+        ],
+        [api_text("reply"), api_text("stats")],
+        api_name="chat",
         concurrency_limit=1,
     )

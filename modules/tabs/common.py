@@ -111,8 +111,13 @@ def request_seed(seed_value: float | None, randomise: bool) -> float:
     return -1 if randomise or seed_value is None else seed_value
 
 
-def pick(wrappers: Mapping[str, Wrapper], model_id: object) -> Wrapper:
-    """The wrapper for a model id sent by the browser; only catalogue ids are accepted."""
+def pick(wrappers: Mapping[str, Wrapper], model_id: object, default: str | None = None) -> Wrapper:
+    """The wrapper for a model id sent by the browser or an API caller; only catalogue ids are accepted.
+
+    An API caller may leave the model out (None): then `default` is used where given.
+    """
+    if model_id is None and default is not None:
+        model_id = default
     if model_id not in wrappers:
         raise InvalidInput(f"model={model_id!r} is not in this server's catalogue; choose one of {sorted(wrappers)}")
     return wrappers[model_id]  # type: ignore[index]
@@ -147,19 +152,21 @@ def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | No
     return low, high
 
 
-C = TypeVar("C", gr.Slider, gr.Number)
+C = TypeVar("C", gr.Slider, gr.Number, gr.Dropdown)
 
 
 def named_errors(component: C) -> C:
-    """Make a slider or number box name itself when an API caller sends a non-number or an out-of-range value.
+    """Make a slider, number box or choice name itself when an API caller sends a bad value (a
+    non-number, out of range, not one of the choices).
 
     The instance's `preprocess` is wrapped rather than the class subclassed: Gradio writes a `.pyi` stub
     beside any module that subclasses a component.
     """
     preprocess = component.preprocess
+    numeric = isinstance(component, (gr.Slider, gr.Number))
 
     def checked(payload: Any) -> Any:
-        if payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+        if numeric and payload is not None and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
             raise gr.Error(f"{component.label}={payload!r} is not a number", print_exception=False)
         try:
             return preprocess(payload)
@@ -168,6 +175,56 @@ def named_errors(component: C) -> C:
 
     component.preprocess = checked  # type: ignore[method-assign]
     return component
+
+
+def api_number(
+    name: str, wrapper: Wrapper, setting: str | None = None, maximum: float | None = None, value: float | None = None
+) -> gr.Number:
+    """An API-only number parameter: hidden on the page, `value` (None: the model's default) unless sent.
+
+    The page's own controls start from one model's defaults; an API caller who names another model and
+    leaves a setting out should get that model's default instead, so API calls use these inputs. The
+    range (and whether it is an integer) comes from the wrapper's settings field `setting` (default:
+    `name`), so a bad value is refused naming the API's own parameter.
+    """
+    schema = type(wrapper.defaults)
+    field = setting or name
+    low, high = _bounds(schema, field)
+    integer = schema.model_fields[field].annotation is int
+    return named_errors(
+        gr.Number(
+            value=value,
+            label=name,
+            precision=0 if integer else None,
+            minimum=low,
+            maximum=maximum if maximum is not None else high,
+            visible=False,
+        )
+    )
+
+
+def api_text(name: str) -> gr.Textbox:
+    """An API-only text parameter: hidden on the page, None (the model's default) unless sent."""
+    return gr.Textbox(value=None, label=name, visible=False)
+
+
+def api_choice(name: str, choices: list[str]) -> gr.Dropdown:
+    """An API-only choice (its allowed values show in the API docs and MCP schema): None unless sent."""
+    return named_errors(gr.Dropdown(choices=choices, value=None, label=name, visible=False))
+
+
+def api_endpoint(fn: Callable[..., Any], inputs: list[Any], outputs: list[Any], api_name: str) -> None:
+    """A named API and MCP endpoint in the device queue; nothing on the page triggers it.
+
+    Its inputs are the API's own (the main input, then `api_*` parameters), so API callers get one
+    vocabulary and the chosen model's defaults, while the page keeps its own controls and events.
+    """
+    gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, concurrency_id=DEVICE_QUEUE)
+
+
+def api_model(wrappers: Mapping[str, Wrapper]) -> gr.Dropdown:
+    """The API's `model` parameter: a catalogue id; left out, the tab's default model."""
+    return api_choice("model", list(wrappers))
 
 
 def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum: float | None = None) -> gr.Slider:

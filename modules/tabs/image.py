@@ -10,6 +10,11 @@ import gradio as gr
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
+    api_choice,
+    api_endpoint,
+    api_model,
+    api_number,
+    api_text,
     model_dropdown,
     model_notes,
     pick,
@@ -82,51 +87,102 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
     selected = gr.State(None)
 
     @user_errors
-    def generate(
-        prompt_text: str,
-        negative_prompt: str,
-        model_id: str,
-        num_steps: float,
-        guidance_scale: float,
-        image_width: float,
-        image_height: float,
-        images: float,
-        scheduler_name: str,
-        seed_value: float | None,
-        random_seed: bool,
+    def generate_image(
+        prompt: str,
+        negative_prompt: str | None = None,
+        model: str | None = None,
+        seed: int = -1,
+        steps: int | None = None,
+        guidance: float | None = None,
+        width: int | None = None,
+        height: int | None = None,
+        batch: int | None = None,
+        scheduler: str | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
+        """Generate images from a text prompt with a Stable Diffusion-family model; returns PNG files whose
+        `parameters` text chunk records every setting, as AUTOMATIC1111 writes it.
+
+        Args:
+            prompt: what the image should show.
+            negative_prompt: what it should not show.
+            model: a model id of this server's Image catalogue; left out, the default model.
+            seed: -1 for a random seed; image i of a batch uses seed + i.
+            steps: denoising steps; left out, the model's default (and likewise every setting below).
+            guidance: classifier-free guidance scale (0 turns it off).
+            width: image width in pixels, a multiple of 8.
+            height: image height in pixels, a multiple of 8.
+            batch: how many images to make.
+            scheduler: default, euler, euler-a, dpm++-2m or ddim.
+        """
+        wrapper = pick(wrappers, model, default)
         settings = {
             "negative_prompt": negative_prompt,
-            "num_steps": num_steps,
-            "guidance": guidance_scale,
-            "width": image_width,
-            "height": image_height,
-            "batch": images,
-            "scheduler": scheduler_name,
-            "seed": request_seed(seed_value, random_seed),
+            "num_steps": steps,
+            "guidance": guidance,
+            "width": width,
+            "height": height,
+            "batch": batch,
+            "scheduler": scheduler,
+            "seed": seed,
         }
 
         def finish(result: ImageResult) -> tuple[Any, ...]:
             paths = [str(image.path) for image in result.images]
             gallery_items = [(path, f"seed {image.seed}") for path, image in zip(paths, result.images)]
-            return gallery_items, paths, result.seed, None, stats_line(result, wrapper.entry.name)
+            return gallery_items, paths, result.seed, stats_line(result, wrapper.entry.name)
 
         yield from stepped_outputs(
-            wrapper.generate(prompt_text, on_step=step_progress(progress, "Denoising"), **settings),
-            outputs=5,
+            wrapper.generate(prompt, on_step=step_progress(progress, "Denoising"), **settings),
+            outputs=4,
             status=lambda step: f"Denoising: step {step.step} of {step.total}",
             finish=finish,
         )
 
+    def generate_from_page(
+        prompt: str,
+        negative_prompt: str,
+        model: str,
+        steps: float,
+        guidance: float,
+        width: float,
+        height: float,
+        batch: float,
+        scheduler: str,
+        seed: float | None,
+        randomise: bool,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        for update in generate_image(
+            prompt, negative_prompt, model, request_seed(seed, randomise), steps, guidance, width, height, batch, scheduler, progress
+        ):
+            yield (*update, None)  # a new gallery: forget which image was selected
+
+    outputs = [gallery, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
-        generate,
+        generate_from_page,
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
-        [gallery, downloads, seed_used, selected, stats],
-        api_name="generate_image",
+        [*outputs, selected],
+        api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+    )
+    api_endpoint(
+        generate_image,
+        [
+            api_text("prompt"),
+            api_text("negative_prompt"),
+            api_model(wrappers),
+            api_number("seed", first, value=-1),
+            api_number("steps", first, "num_steps"),
+            api_number("guidance", first),
+            api_number("width", first, maximum=side),
+            api_number("height", first, maximum=side),
+            api_number("batch", first),
+            api_choice("scheduler", list(SCHEDULERS)),
+        ],
+        outputs,
+        api_name="generate_image",
     )
     stop.click(None, cancels=[event], api_visibility="private")
 

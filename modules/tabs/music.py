@@ -12,6 +12,10 @@ import numpy as np
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
+    api_endpoint,
+    api_model,
+    api_number,
+    api_text,
     model_dropdown,
     model_notes,
     named_errors,
@@ -92,26 +96,38 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
     model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
 
     @user_errors
-    def generate(
-        model_id: str,
-        prompt_text: str,
-        duration_s: float,
-        seed_value: float | None,
-        randomize_seed: bool,
-        top_k_value: float,
-        top_p_value: float,
-        temperature_value: float,
-        guidance_value: float,
+    def generate_music(
+        prompt: str,
+        model: str | None = None,
+        seed: int = -1,
+        duration: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float | None = None,
+        guidance: float | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
+        """Generate music from a text description with MusicGen; streams the first clip while it is made,
+        then returns one WAV file per prompt line.
+
+        Args:
+            prompt: the music to make; several lines make several clips together.
+            model: a model id of this server's Music catalogue; left out, the default model.
+            seed: -1 for a random seed.
+            duration: seconds of audio; left out, the model's default (and likewise every setting below).
+            top_k: sample from the k most likely tokens (0: no limit).
+            top_p: nucleus sampling threshold (0: off).
+            temperature: sampling temperature.
+            guidance: classifier-free guidance scale.
+        """
+        wrapper = pick(wrappers, model, default)
         settings = {
-            "duration": duration_s,
-            "seed": request_seed(seed_value, randomize_seed),
-            "top_k": top_k_value,
-            "top_p": top_p_value,
-            "temperature": temperature_value,
-            "guidance": guidance_value,
+            "duration": duration,
+            "seed": seed,
+            "top_k": top_k,
+            "top_p": top_p,
+            "temperature": temperature,
+            "guidance": guidance,
         }
         frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
         to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
@@ -121,7 +137,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
                 to_bar(frame, frames)
 
         quiet = (gr.skip(),) * (len(players) + 1)
-        for item in wrapper.generate(prompt_text, on_step=on_step, **settings):
+        for item in wrapper.generate(prompt, on_step=on_step, **settings):
             if not item.done:
                 chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
                 yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
@@ -130,13 +146,44 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
             yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
 
+    def generate_from_page(
+        model: str,
+        prompt: str,
+        duration: float,
+        seed: float | None,
+        randomise: bool,
+        top_k: float,
+        top_p: float,
+        temperature: float,
+        guidance: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        yield from generate_music(
+            prompt, model, request_seed(seed, randomise), duration, top_k, top_p, temperature, guidance, progress
+        )
+
+    outputs = [live, status, seed, *players, files]
     event = run.click(
-        generate,
+        generate_from_page,
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
-        [live, status, seed, *players, files],
-        api_name="music",
+        outputs,
+        api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
-        concurrency_limit=1,
+    )
+    api_endpoint(
+        generate_music,
+        [
+            api_text("prompt"),
+            api_model(wrappers),
+            api_number("seed", first, value=-1),
+            api_number("duration", first),
+            api_number("top_k", first),
+            api_number("top_p", first),
+            api_number("temperature", first),
+            api_number("guidance", first),
+        ],
+        outputs,
+        api_name="generate_music",
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
     stop.click(None, cancels=[event], api_visibility="private")

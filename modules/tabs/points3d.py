@@ -10,6 +10,10 @@ import gradio as gr
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
+    api_endpoint,
+    api_model,
+    api_number,
+    api_text,
     model_dropdown,
     model_notes,
     named_errors,
@@ -84,21 +88,25 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
             downloads = gr.File(label="Download PLY and GLB", file_count="multiple", interactive=False)
 
     @user_errors
-    def generate(
-        prompt_text: str,
-        model_id: str,
-        guidance_scale: float,
-        num_steps: float,
-        seed_value: float | None,
-        random_seed: bool,
+    def generate_3d(
+        prompt: str,
+        model: str | None = None,
+        seed: int = -1,
+        steps: int | None = None,
+        guidance: float | None = None,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        wrapper = pick(wrappers, model_id)
-        settings = {
-            "guidance": guidance_scale,
-            "num_steps": num_steps,
-            "seed": request_seed(seed_value, random_seed),
-        }
+        """Generate a coloured 3D point cloud from a text prompt with Point-E; returns PLY and GLB files.
+
+        Args:
+            prompt: the object to make, e.g. "a red motorcycle".
+            model: a model id of this server's 3D catalogue; left out, the default model.
+            seed: -1 for a random seed.
+            steps: Heun steps per stage (base, then upsampler); left out, the model's default (64 official).
+            guidance: classifier-free guidance of the base stage; left out, the model's default.
+        """
+        wrapper = pick(wrappers, model, default)
+        settings = {"guidance": guidance, "num_steps": steps, "seed": seed}
 
         def with_bar(items: Iterable[Any]) -> Iterator[Any]:
             """One progress bar per stage, moved at most every `BAR_SECONDS` and at each stage's end."""
@@ -114,16 +122,40 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> N
             return str(result.ply), [str(result.ply), str(result.glb)], result.seed, stats_line(result, wrapper.entry.name)
 
         yield from stepped_outputs(
-            with_bar(wrapper.generate(prompt_text, **settings)), outputs=4, status=status_line, finish=finish
+            with_bar(wrapper.generate(prompt, **settings)), outputs=4, status=status_line, finish=finish
         )
 
+    def generate_from_page(
+        prompt: str,
+        model: str,
+        guidance: float,
+        steps: float,
+        seed: float | None,
+        randomise: bool,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        yield from generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, progress)
+
+    outputs = [viewer, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
-        generate,
+        generate_from_page,
         [prompt, model, guidance, steps, seed, randomise],
-        [viewer, downloads, seed_used, stats],
-        api_name="generate_3d",
+        outputs,
+        api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+    )
+    api_endpoint(
+        generate_3d,
+        [
+            api_text("prompt"),
+            api_model(wrappers),
+            api_number("seed", first, value=-1),
+            api_number("steps", first, "num_steps"),
+            api_number("guidance", first),
+        ],
+        outputs,
+        api_name="generate_3d",
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
     stop.click(None, cancels=[event], api_visibility="private")

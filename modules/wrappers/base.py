@@ -349,13 +349,18 @@ class Wrapper(ABC):
     def close(self, model: Any) -> None:
         """Torch-only models need nothing beyond dropping the reference."""
 
-    def config_json(self, name: str) -> dict[str, Any] | None:
-        """A config file of this entry read without loading the model (local folder or hub cache), else None."""
+    def cached_file(self, name: str) -> Path | None:
+        """A file of this entry already on disk (local folder or hub cache), found without loading; else None."""
         source = self.entry.source
         if not source.hub:
             folder = source.local_folder()
-            return read_json(folder, name) if folder else None
+            return folder / name if folder and (folder / name).is_file() else None
         from huggingface_hub import try_to_load_from_cache
 
         cached = try_to_load_from_cache(source.hub, name, revision=source.revision)
-        return read_json(Path(cached).parent, Path(cached).name) if isinstance(cached, str) else None
+        return Path(cached) if isinstance(cached, str) else None
+
+    def config_json(self, name: str) -> dict[str, Any] | None:
+        """A config file of this entry read without loading the model (local folder or hub cache), else None."""
+        path = self.cached_file(name)
+        return read_json(path.parent, path.name) if path else None

@@ -11,6 +11,13 @@ Where the weights come from (the catalogue entry's `source`):
   `PointEPipeline.from_official().save_pretrained(FOLDER)` turns the official weights into one).
 
 The same seed gives the same points: noise and churn are drawn from the request's own CPU generator.
+
+Files (`write_point_cloud`, written by trimesh): the cloud is turned from Point-E's Z-up frame to glTF's
++Y up by a rotation (not a mirror, so nothing turns inside out), in the GLB and in the PLY alike: PLY has
+no up convention, and Y-up is what the in-app viewer and most tools show upright. The GLB stores its
+colours in COLOR_0 as linear floats, as glTF defines them; the PLY keeps the sRGB bytes. Both carry the
+prompt, model, seed and settings: the PLY in header comments, the GLB in `asset.extras`
+(modules/wrappers/metadata.py).
 """
 
 from __future__ import annotations
@@ -39,12 +46,51 @@ from modules.wrappers.base import (
     resolve_seed,
     stream_from_thread,
 )
+from modules.wrappers.metadata import Parameters, generation_parameters, with_ply_comments
 
 log = logging.getLogger(__name__)
 #: Parameters of CLIP ViT-L/14's text tower with its projection (the official model's text encoder).
 CLIP_TEXT_PARAMETERS = 123_700_000
 #: Stage names the sampler reports, and "download" for fetching the official checkpoints.
 STAGES = ("download", "base", "upsample")
+#: Point-E's Z-up frame -> glTF's +Y up: -90 degrees about X, (x, y, z) -> (x, z, -y). A rotation
+#: (determinant +1), where swapping y and z would mirror the object.
+Z_UP_TO_Y_UP = np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], dtype=np.float32)
+#: glTF's componentType for 32-bit floats.
+GLTF_FLOAT = 5126
+
+
+def srgb_to_linear(colors: np.ndarray) -> np.ndarray:
+    """sRGB bytes (..., C) -> linear floats in [0, 1] (IEC 61966-2-1, the curve glTF names)."""
+    encoded = colors.astype(np.float64) / 255.0
+    return np.where(encoded <= 0.04045, encoded / 12.92, ((encoded + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def write_point_cloud(points: np.ndarray, colors: np.ndarray, stem: Path, parameters: Parameters) -> tuple[Path, Path]:
+    """`stem`.ply and `stem`.glb of a Point-E cloud (Z-up points, sRGB bytes), Y-up and carrying `parameters`."""
+    import trimesh
+    from trimesh.exchange.gltf import export_glb
+
+    cloud = trimesh.PointCloud(points @ Z_UP_TO_Y_UP.T, colors=colors)
+    linear = srgb_to_linear(cloud.colors)
+    linear[:, 3] = cloud.colors[:, 3] / 255.0  # alpha has no transfer curve
+
+    def colors_as_linear_floats(buffers: Any, tree: dict[str, Any]) -> None:
+        """trimesh's buffer hook: COLOR_0 becomes linear floats (8 bits of linear would band the darks)."""
+        (mesh,) = tree["meshes"]
+        accessor = list(tree["accessors"].values())[mesh["primitives"][0]["attributes"]["COLOR_0"]]
+        buffers[list(buffers)[accessor["bufferView"]]] = linear.astype("<f4").tobytes()
+        accessor["componentType"] = GLTF_FLOAT
+        for stale in ("normalized", "min", "max"):  # bounds of the bytes; optional for colours
+            accessor.pop(stale, None)
+
+    def with_extras(tree: dict[str, Any]) -> None:
+        tree["asset"]["extras"] = dict(parameters)
+
+    ply, glb = stem.with_suffix(".ply"), stem.with_suffix(".glb")
+    ply.write_bytes(with_ply_comments(cloud.export(file_type="ply"), parameters))
+    glb.write_bytes(export_glb(cloud, tree_postprocessor=with_extras, buffer_postprocessor=colors_as_linear_floats))
+    return ply, glb
 
 
 class PointCloudSettings(Settings):
@@ -62,7 +108,7 @@ class StageStep(Step):
 
 @dataclass(frozen=True)
 class PointCloudResult:
-    points: np.ndarray  # (N, 3) float32
+    points: np.ndarray  # (N, 3) float32, in Point-E's Z-up frame (the files are turned Y-up)
     colors: np.ndarray  # (N, 3) uint8
     ply: Path
     glb: Path
@@ -272,20 +318,17 @@ class PointEWrapper(Wrapper):
 
         points, colors = yield from self._relay(sample, on_step, settings)
         seconds = time.perf_counter() - started
-        # 4. Postprocess: coloured PLY and GLB
-        yield self.postprocess(points, colors, seed, seconds, 2 * settings.num_steps)
+        # 4. Postprocess: coloured PLY and GLB carrying their parameters
+        parameters = generation_parameters(self.entry, prompt, settings, seed=seed)
+        yield self.postprocess(points, colors, parameters, seconds, 2 * settings.num_steps)
 
     def postprocess(
-        self, points: np.ndarray, colors: np.ndarray, seed: int, seconds: float, steps: int
+        self, points: np.ndarray, colors: np.ndarray, parameters: Parameters, seconds: float, steps: int
     ) -> PointCloudResult:
-        import trimesh
-
+        seed = int(parameters["seed"])
         folder = self.host.output_dir / "pointcloud"
         folder.mkdir(parents=True, exist_ok=True)
         stem = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{seed}-{uuid.uuid4().hex[:6]}"
-        cloud = trimesh.PointCloud(points, colors=colors)
-        ply, glb = stem.with_suffix(".ply"), stem.with_suffix(".glb")
-        cloud.export(ply)
-        cloud.export(glb)
+        ply, glb = write_point_cloud(points, colors, stem, parameters)
         return PointCloudResult(points, colors, ply, glb, seed, seconds, steps)
 

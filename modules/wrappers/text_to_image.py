@@ -8,16 +8,29 @@ Safety-checker policy: `--safety-checker on|off` decides for every model; with `
 entry's `safety_checker` in models.yaml decides, and an entry that says `auto` (or nothing) is checked
 when the app is public (`--share`). A model that ships no checker cannot run where one is required.
 
-Every PNG written records its parameters in a `parameters` text chunk, in the format AUTOMATIC1111
-writes, so other tools read them back.
+Every PNG written records its parameters in a `parameters` text chunk, written exactly as AUTOMATIC1111
+(1.9 and later) writes it for the same settings, so A1111's PNG Info, Civitai and other readers remake it:
+- `Sampler` and `Schedule type` name what ran: the schedule is read from the scheduler's own config
+  (Karras sigmas, or its timestep spacing: linspace = Uniform, leading = DDIM, trailing = SGM Uniform).
+  "DPM++ 2M" runs on Karras sigmas, as A1111 does when no schedule is chosen.
+- `RNG: CPU`: every seed's noise is drawn from a CPU generator, on every device.
+- `Model hash`: the first 10 hex digits of the weights file's SHA-256, as A1111 computes it. For a
+  single-file checkpoint that is the file itself (the same hash A1111 and Civitai show); for a diffusers
+  folder it is the denoiser's weights (unet/ or transformer/ diffusion_pytorch_model.safetensors, else
+  .bin), the file that makes the model what it is; sharded weights get no hash. Computed once per file
+  (modules/wrappers/metadata.py keeps it).
+- `Model`: the checkpoint's name as A1111 shows it: the file name without extension, else the hub
+  repo's or the folder's name (e.g. `sd-turbo` for stabilityai/sd-turbo), not Atelier's catalogue id.
+A1111's `Version` is left out: it names the A1111 release that made the image, and none did.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,15 +49,18 @@ from modules.wrappers.base import (
     relay_steps,
     resolve_seed,
 )
+from modules.wrappers.metadata import file_sha256
 
 SchedulerName = Literal["default", "euler", "euler-a", "dpm++-2m", "ddim"]
-#: scheduler choice -> diffusers class name ("default" keeps the model's own)
-SCHEDULERS: dict[str, str | None] = {
+#: scheduler choice -> (diffusers class name, config it runs with on top of the model's); "default" keeps
+#: the model's own scheduler as configured
+SCHEDULERS: dict[str, tuple[str, dict[str, Any]] | None] = {
     "default": None,
-    "euler": "EulerDiscreteScheduler",
-    "euler-a": "EulerAncestralDiscreteScheduler",
-    "dpm++-2m": "DPMSolverMultistepScheduler",
-    "ddim": "DDIMScheduler",
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    # A1111 reads "DPM++ 2M" without a schedule as Karras, and that is the schedule it is known by.
+    "dpm++-2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}),
 }
 #: diffusers class -> the sampler name AUTOMATIC1111 writes in its parameters
 SAMPLER_NAMES = {
@@ -54,7 +70,15 @@ SAMPLER_NAMES = {
     "DDIMScheduler": "DDIM",
     "PNDMScheduler": "PLMS",
     "LMSDiscreteScheduler": "LMS",
+    "HeunDiscreteScheduler": "Heun",
+    "KDPM2DiscreteScheduler": "DPM2",
+    "KDPM2AncestralDiscreteScheduler": "DPM2 a",
+    "DPMSolverSDEScheduler": "DPM++ SDE",
+    "UniPCMultistepScheduler": "UniPC",
+    "LCMScheduler": "LCM",
 }
+#: diffusers timestep spacing -> A1111's schedule type that picks the same timesteps
+SPACING_SCHEDULES = {"linspace": "Uniform", "leading": "DDIM", "trailing": "SGM Uniform"}
 #: Activation bytes per latent position, per image, per guidance branch, per UNet base channel and per
 #: byte of dtype: an upper estimate (SD 1.5 at 512x512 in fp16 with guidance: about 2 GiB).
 WORK_PER_CHANNEL = 400
@@ -84,6 +108,7 @@ class ImageResult:
     seconds: float
     steps: int
     sampler: str
+    schedule: str | None  # A1111's schedule type; None where A1111 has no equivalent
     withheld: int  # images the safety checker flagged; they are neither shown nor saved
 
     @property
@@ -95,13 +120,62 @@ class ImageResult:
         return self.steps / self.seconds if self.seconds > 0 else 0.0
 
 
-def parameters_text(prompt: str, settings: ImageSettings, seed: int, sampler: str, model: str) -> str:
-    """The generation parameters as AUTOMATIC1111 writes them in a PNG's `parameters` chunk."""
-    return (
-        f"{prompt}\nNegative prompt: {settings.negative_prompt}\n"
-        f"Steps: {settings.num_steps}, Sampler: {sampler}, CFG scale: {settings.guidance:g}, Seed: {seed}, "
-        f"Size: {settings.width}x{settings.height}, Model: {model}"
-    )
+def a1111_sampler(scheduler: Any) -> tuple[str, str | None]:
+    """(Sampler, Schedule type) as A1111 names what a diffusers scheduler runs."""
+    config: Mapping[str, Any] = scheduler.config
+    name = type(scheduler).__name__
+    sampler = SAMPLER_NAMES.get(name, name)
+    if name == "DPMSolverMultistepScheduler" and config.get("algorithm_type") == "sde-dpmsolver++":
+        sampler = "DPM++ 2M SDE"
+    for flag, schedule in (("use_karras_sigmas", "Karras"), ("use_exponential_sigmas", "Exponential"), ("use_beta_sigmas", "Beta")):
+        if config.get(flag):
+            return sampler, schedule
+    return sampler, SPACING_SCHEDULES.get(config.get("timestep_spacing", ""))
+
+
+def scheduler_for(choice: str, model_scheduler: Any) -> Any:
+    """A fresh scheduler for a `SCHEDULERS` choice, built from the model's own scheduler config."""
+    import diffusers
+
+    name, runs_with = SCHEDULERS[choice] or (type(model_scheduler).__name__, {})
+    return getattr(diffusers, name).from_config(model_scheduler.config, **runs_with)
+
+
+def a1111_quote(value: object) -> str:
+    """A value as A1111 writes it: JSON-quoted when it holds a comma, colon or newline."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
+
+
+def parameters_text(
+    prompt: str,
+    settings: ImageSettings,
+    seed: int,
+    sampler: tuple[str, str | None],
+    model_name: str,
+    model_hash: str | None,
+) -> str:
+    """The generation parameters exactly as AUTOMATIC1111 writes them in a PNG's `parameters` chunk.
+
+    Keys in A1111's order; absent values are left out, as A1111 does. diffusers runs no guidance at a
+    scale of 1 or below, which A1111 writes as `CFG scale: 1` (its 0 would mean the unconditional
+    prediction alone).
+    """
+    name, schedule = sampler
+    fields = {
+        "Steps": settings.num_steps,
+        "Sampler": name,
+        "Schedule type": schedule,
+        "CFG scale": f"{max(settings.guidance, 1.0):g}",
+        "Seed": seed,
+        "Size": f"{settings.width}x{settings.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "RNG": "CPU",  # every seed's noise comes from a CPU generator (see `_denoise`)
+    }
+    line = ", ".join(f"{key}: {a1111_quote(value)}" for key, value in fields.items() if value is not None)
+    negative = f"\nNegative prompt: {settings.negative_prompt}" if settings.negative_prompt else ""
+    return f"{prompt}{negative}\n{line}"
 
 
 class DiffusersTextToImage(Wrapper):
@@ -158,6 +232,37 @@ class DiffusersTextToImage(Wrapper):
             )
         return text
 
+    # -- what the PNG names ------------------------------------------------------------------------
+
+    def checkpoint_name(self) -> str:
+        """The model's name as A1111 writes it: the checkpoint file's stem, else the repo's or folder's name."""
+        source = self.entry.source
+        if source.file:
+            return Path(source.file).stem
+        if source.hub:
+            return source.hub.split("/")[1]
+        folder = source.local_folder()
+        return folder.name if folder else self.entry.id
+
+    def weights_file(self) -> Path | None:
+        """The file `Model hash` is computed from (see the module's docstring); None when there is no one file."""
+        source = self.entry.source
+        if source.file:
+            return self.cached_file(source.file)
+        components = self.config_json("model_index.json") or {}
+        denoiser = next((name for name in ("unet", "transformer") if name in components), None)
+        if denoiser is None:
+            return None
+        for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+            if (path := self.cached_file(f"{denoiser}/{name}")) is not None:
+                return path
+        return None
+
+    def model_hash(self) -> str | None:
+        """A1111's `Model hash`: the first 10 hex digits of the weights file's SHA-256 (hashed once per file)."""
+        path = self.weights_file()
+        return file_sha256(path)[:10] if path else None
+
     def working_bytes(self, settings: ImageSettings) -> int:
         """Declared to the memory manager: grows with width x height, batch and the guidance branches."""
         unet = self.config_json("unet/config.json") or {}
@@ -181,6 +286,7 @@ class DiffusersTextToImage(Wrapper):
         pipe = self.loading(lambda: AutoPipelineForText2Image.from_pretrained(location, dtype=self.torch_dtype(), **options))
         if self.safety_required() and getattr(pipe, "safety_checker", None) is None:
             raise ModelUnavailable(f"{self.entry.name} ships no safety checker, and this server requires one")
+        self.model_hash()  # hashed here, while the weights are fresh in the page cache, not by a request
         pipe.set_progress_bar_config(disable=True)
         return pipe.to(device)
 
@@ -225,11 +331,7 @@ class DiffusersTextToImage(Wrapper):
 
     def _with_scheduler(self, pipe: Any, choice: str) -> Any:
         """A view of the pipeline with a fresh scheduler (schedulers keep per-run state)."""
-        import diffusers
-
-        name = SCHEDULERS[choice] or type(pipe.scheduler).__name__
-        scheduler = getattr(diffusers, name).from_config(pipe.scheduler.config)
-        view = type(pipe).from_pipe(pipe, scheduler=scheduler)
+        view = type(pipe).from_pipe(pipe, scheduler=scheduler_for(choice, pipe.scheduler))
         view.set_progress_bar_config(disable=True)
         return view
 
@@ -270,7 +372,7 @@ class DiffusersTextToImage(Wrapper):
     ) -> ImageResult:
         from PIL.PngImagePlugin import PngInfo
 
-        sampler = SAMPLER_NAMES.get(type(pipe.scheduler).__name__, type(pipe.scheduler).__name__)
+        sampler, model_name, model_hash = a1111_sampler(pipe.scheduler), self.checkpoint_name(), self.model_hash()
         flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
         folder = self.host.output_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
@@ -279,10 +381,10 @@ class DiffusersTextToImage(Wrapper):
         for image, seed, withheld in zip(output.images, seeds, flagged):
             if withheld:
                 continue
-            parameters = parameters_text(prompt, settings, seed, sampler, self.entry.id)
+            parameters = parameters_text(prompt, settings, seed, sampler, model_name, model_hash)
             info = PngInfo()
             info.add_text("parameters", parameters)
             path = folder / f"{stamp}-{seed}-{uuid.uuid4().hex[:6]}.png"
             image.save(path, pnginfo=info)
             images.append(GeneratedImage(path, seed, parameters))
-        return ImageResult(images, seconds, settings.num_steps, sampler, withheld=sum(map(bool, flagged)))
+        return ImageResult(images, seconds, settings.num_steps, *sampler, withheld=sum(map(bool, flagged)))

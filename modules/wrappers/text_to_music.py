@@ -13,6 +13,8 @@ heard is what is saved; it equals one whole-sequence `audio_encoder.decode` to w
 
 Several prompts, one per line, generate as one batch. The same seed gives the same samples, whatever
 else the server samples meanwhile: the request samples from its own random stream (sampling.py).
+
+Each WAV carries its prompt, model, seed and settings in RIFF INFO (see modules/wrappers/metadata.py).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from modules.wrappers.base import (
     resolve_seed,
     stream_from_thread,
 )
+from modules.wrappers.metadata import generation_parameters, riff_info
 from modules.wrappers.sampling import own_random_stream
 
 
@@ -318,7 +321,7 @@ class TransformersMusicgen(Wrapper):
         return decoder
 
     def postprocess(self, final: MusicProgress, prompts: list[str], settings: MusicSettings) -> MusicProgress:
-        """Write one 16-bit WAV per prompt under the host's output folder."""
+        """Write one 16-bit WAV per prompt under the host's output folder, its parameters in RIFF INFO."""
         import soundfile
 
         assert final.audio is not None
@@ -328,7 +331,11 @@ class TransformersMusicgen(Wrapper):
         paths = []
         for index, samples in enumerate(final.audio):
             path = folder / f"{stamp}-{self.entry.id}-seed{settings.seed}-{index + 1}.wav"
-            soundfile.write(path, samples, final.sampling_rate, subtype="PCM_16")
+            parameters = generation_parameters(self.entry, prompts[index], settings)
+            with soundfile.SoundFile(path, "w", final.sampling_rate, 1, subtype="PCM_16") as wav:
+                for field, text in riff_info(parameters).items():
+                    setattr(wav, field, text)  # soundfile writes these as the RIFF INFO chunk
+                wav.write(samples)
             paths.append(path)
         return replace(final, paths=tuple(paths))
 
