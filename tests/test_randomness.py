@@ -61,7 +61,7 @@ def test_chats_running_meanwhile_leave_a_music_seed_reproducible(tiny_app: AppSe
                 # Sampled chat (temperature 1), long enough to sample throughout a music step or two.
                 client.submit(
                     "tell me a story", model="tiny-chat", temperature=1.0, top_p=1.0, max_new_tokens=64, api_name="/chat"
-                ).result(timeout=120)
+                ).result(timeout=300)
                 chats_finished.append(time.monotonic())
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
