@@ -29,7 +29,7 @@ GENERATION = {
     "/generate_music": "prompt",
     "/generate_3d": "prompt",
 }
-SYSTEM = {"/system_status", "/unload_model"}
+SYSTEM = {"/system_status", "/system_memory", "/unload_model"}
 #: The one vocabulary every generation endpoint draws its parameter names from.
 VOCABULARY = {
     "prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "duration",

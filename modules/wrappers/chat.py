@@ -26,6 +26,7 @@ from modules.wrappers.base import (
     stream_from_thread,
 )
 from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
+from modules.wrappers.sampling import own_random_stream
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
@@ -234,7 +235,7 @@ class TransformersChat(ChatWrapper):
         counter: _Counter,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -262,14 +263,15 @@ class TransformersChat(ChatWrapper):
 
         def generate() -> None:
             try:
-                # Sampling draws from torch's global generator; greedy decoding ignores it.
-                torch.manual_seed(settings.seed)
-                with torch.inference_mode():
+                # Sampling draws on the request's own stream, seeded with the reply's seed, never on torch's
+                # global one (other requests sample beside it); greedy decoding ignores it.
+                with torch.inference_mode(), own_random_stream(settings.seed) as (lend, take_back):
                     result["ids"] = model.model.generate(
                         **inputs,
                         max_new_tokens=settings.max_new_tokens,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
+                        logits_processor=LogitsProcessorList([lend]),
+                        stopping_criteria=StoppingCriteriaList([take_back, StopWhenAsked()]),
                         pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
                         **stop_strings,
                         **sampling,
