@@ -15,8 +15,12 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any
 
+from modules.api.access import parse_api_keys
+from modules.api.openai import openai_routes
 from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
+from modules.outputs import OutputLimits, start_housekeeping
+from modules.roles import Access
 from modules.wrappers import build_wrapper, wrapper_tasks
 from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
 
@@ -32,6 +36,7 @@ TABS: dict[str, tuple[str, str]] = {
     "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
     "pointcloud": ("🧊 3D", "modules.tabs.points3d:build_points3d_tab"),
 }
+SYSTEM_TITLE = "🖥️ System"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,12 +54,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("ATELIER_AUTH"),
         help="user:password (comma-separate several); also read from $ATELIER_AUTH",
     )
+    parser.add_argument(
+        "--api-key",
+        action="append",
+        default=[],
+        help="a key the OpenAI-compatible API at /v1 accepts as 'Authorization: Bearer KEY' (repeat or "
+        "comma-separate; also $ATELIER_API_KEYS); given, or with --auth, /v1 requires one",
+    )
+    parser.add_argument("--admin", metavar="USER", help="the --auth user who is the host (may unload models)")
     parser.add_argument("--models", type=Path, default=HERE / "models.yaml", help="the model catalogue to serve")
     parser.add_argument("--tiny", action="store_true", help="serve tiny random-weight models built offline")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--memory-budget", type=parse_bytes, help="device budget, e.g. 12GB (default: from the device)")
     parser.add_argument("--idle-unload", type=float, metavar="MINUTES", help="unload models idle this long (off by default)")
     parser.add_argument("--outputs", type=Path, default=HERE / "outputs", help="the only folder files are served from")
+    parser.add_argument("--outputs-max-size", type=parse_bytes, default="2GB", help="the output folder's size cap (oldest files go first)")
+    parser.add_argument("--outputs-max-hours", type=float, default=24.0, help="output files older than this are removed")
+    parser.add_argument(
+        "--outputs-keep-minutes", type=float, default=30.0, help="output files this recent are never removed (a page may show them)"
+    )
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
     parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest music a request may ask for")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
@@ -126,7 +144,9 @@ def build_wrappers(catalog: Catalog, manager: MemoryManager, host: HostSettings)
     return wrappers
 
 
-def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]]) -> Any:
+def build_app(
+    catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict[str, Wrapper]], access: Access = Access()
+) -> Any:
     import gradio as gr
 
     from modules.tabs import bridge
@@ -146,19 +166,27 @@ def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict
                     module_name, function = builder_path.split(":")
                     options = {"fallback": group.fallback} if group.fallback else {}
                     parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
-            with gr.Tab("🖥️ System", id="system"):
+            with gr.Tab(SYSTEM_TITLE, id="system"):
                 labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
-                build_system_tab(manager, labels)
+                build_system_tab(manager, labels, access, demo, tabs, SYSTEM_TITLE)
         bridge.connect(tabs, parts)
     return demo
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    auth = parse_auth(args.auth)
+    try:
+        access = Access.from_settings(args.admin, [user for user, _ in auth or []], args.share, args.host)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args.outputs.mkdir(parents=True, exist_ok=True)
     # Gradio serves files from its temp dir: keep that inside the app's own output folder.
     os.environ.setdefault("GRADIO_TEMP_DIR", str(args.outputs / "gradio"))
+    start_housekeeping(
+        args.outputs, OutputLimits(args.outputs_max_size, args.outputs_max_hours * 3600, args.outputs_keep_minutes * 60)
+    )
     device = resolve_device(args.device)
     manager = MemoryManager(
         device,
@@ -179,8 +207,7 @@ def main(argv: list[str] | None = None) -> None:
         wrappers = build_wrappers(catalog, manager, host)
     except CatalogError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo = build_app(catalog, manager, wrappers)
-    auth = parse_auth(args.auth)
+    demo = build_app(catalog, manager, wrappers, access)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
@@ -198,6 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         max_file_size="20mb",
         allowed_paths=[str(args.outputs)],  # generated files are served from --outputs only
         mcp_server=args.mcp,
+        # The OpenAI-compatible API: a sibling of the tabs on the same server (see modules/api/openai.py).
+        app_kwargs={"routes": openai_routes(wrappers, host, api_keys=parse_api_keys(args.api_key),
+                                            login_required=auth is not None, max_waiting=args.queue_size)},
     )
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modules.catalog import ModelEntry, Task
 from modules.memory import MemoryManager
+from modules.memory.oom import is_out_of_memory
 
 OnStep = Callable[[int, int], None]
 R = TypeVar("R")
@@ -288,13 +289,18 @@ class Wrapper(ABC):
         return f"{self.entry.name}: no model files at {source.path}" + (f"/{source.file}" if source.file else "")
 
     def loading(self, load: Callable[[], Any]) -> Any:
-        """Run a `from_pretrained` call, turning "files not found / hub unreachable" into ModelUnavailable."""
+        """Run a `from_pretrained` call, turning any failure but running out of memory (which the manager
+        handles) into ModelUnavailable: missing files say how to get them, broken ones say what broke."""
         try:
             return load()
-        except (OSError, ValueError) as exc:
-            if self._looks_missing(exc):
+        except Exception as exc:
+            if is_out_of_memory(exc):
+                raise
+            if isinstance(exc, (OSError, ValueError)) and self._looks_missing(exc):
                 raise ModelUnavailable(self.missing_message()) from exc
-            raise
+            raise ModelUnavailable(
+                f"{self.entry.name} could not be loaded from {self.entry.source.describe()}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     @staticmethod
     def _looks_missing(exc: BaseException) -> bool:

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from modules.wrappers.base import OnStep, Settings, Step, Wrapper, check_prompt, relay_steps
+from modules.wrappers.base import OnStep, Settings, Step, Wrapper, check_prompt, relay_steps, resolve_seed
 from modules.wrappers.images import LoadedImage, load_image
+from modules.wrappers.sampling import own_random_stream
 
 
 class CaptionSettings(Settings):
@@ -117,7 +118,7 @@ class BlipCaptioner(CaptionWrapper):
         self, model: LoadedBlip, image: Any, settings: CaptionSettings, report: OnStep, stop: threading.Event
     ) -> tuple[str, int]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         inputs = model.processor(images=image, text=settings.prefix.strip() or None, return_tensors="pt")
         inputs = _to(inputs, model.model)
@@ -133,11 +134,13 @@ class BlipCaptioner(CaptionWrapper):
             if settings.decoding == "beam"
             else {"do_sample": True, "top_p": settings.top_p, "temperature": settings.temperature, "num_beams": 1}
         )
-        with torch.inference_mode():
+        # Nucleus sampling draws on the request's own stream (a fresh seed), never torch's global one.
+        with torch.inference_mode(), own_random_stream(resolve_seed(-1)) as (lend, take_back):
             ids = model.model.generate(
                 **inputs,
                 max_new_tokens=settings.max_length,
-                stopping_criteria=StoppingCriteriaList([ReportAndStop()]),
+                logits_processor=LogitsProcessorList([lend]),
+                stopping_criteria=StoppingCriteriaList([take_back, ReportAndStop()]),
                 **decoding,
             )
         text = model.processor.decode(ids[0], skip_special_tokens=True)

@@ -12,12 +12,21 @@ from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
-from modules.wrappers.base import InvalidInput, Settings, Wrapper, check_prompt, stream_from_thread
+from modules.wrappers.base import (
+    MAX_SEED,
+    InvalidInput,
+    Settings,
+    Wrapper,
+    check_prompt,
+    resolve_seed,
+    stream_from_thread,
+)
 from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
+from modules.wrappers.sampling import own_random_stream
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
@@ -27,6 +36,13 @@ class ChatSettings(Settings):
     top_p: float = Field(0.9, gt=0.0, le=1.0)
     max_new_tokens: int = Field(256, ge=1, le=4096)
     system_prompt: str = Field("You are a helpful assistant.", max_length=4000)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; only sampling uses it")
+    stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
+        default_factory=list, max_length=4, description="the reply ends before the first of these strings"
+    )
+
+
+FinishReason = Literal["stop", "length"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +55,10 @@ class ChatProgress:
     first_token_seconds: float | None
     backend: str
     done: bool = False
+    #: Tokens of the templated conversation, as the model's tokenizer counts them.
+    prompt_tokens: int = 0
+    #: On the last progress: "length" when max_new_tokens ended the reply, else "stop".
+    finish_reason: FinishReason | None = None
 
     @property
     def tokens_per_second(self) -> float:
@@ -47,9 +67,21 @@ class ChatProgress:
 
 @dataclass
 class _Counter:
-    """What the worker thread reports back: how many tokens it generated."""
+    """What the worker thread reports back: the prompt's tokens, the tokens it generated and why it ended."""
 
     tokens: int = 0
+    prompt_tokens: int = 0
+    finish_reason: FinishReason = "stop"
+
+
+def first_stop(text: str, stops: list[str]) -> int | None:
+    """Where the earliest stop string starts in `text`, or None."""
+    return min((i for stop in stops if (i := text.find(stop)) >= 0), default=None)
+
+
+def partial_stop(text: str, stops: list[str]) -> int:
+    """How many characters at the end of `text` could begin a stop string (held back until it is known)."""
+    return max((n for stop in stops for n in range(1, len(stop)) if text.endswith(stop[:n])), default=0)
 
 
 class ChatWrapper(Wrapper):
@@ -75,26 +107,48 @@ class ChatWrapper(Wrapper):
         self, message: str, history: list[Message] | None = None, **overrides: Any
     ) -> Generator[ChatProgress, None, None]:
         """Stream the reply to `message`; closing the generator stops generation and ends the lease."""
-        # 1. Check inputs
+        # 1. Check inputs and pick the seed
         settings = self.settings(**overrides)
         messages = self.check_inputs(message, history or [], settings)
+        settings = settings.model_copy(update={"seed": resolve_seed(settings.seed)})
         # 2. Stream inside a lease; the manager retries once after an OOM before the first token
         yield from self.manager.stream(
             self, lambda model: self._timed(model, messages, settings), working_bytes=self.working_bytes(settings, messages)
         )
 
     def _timed(self, model: Any, messages: list[Message], settings: ChatSettings) -> Iterator[ChatProgress]:
+        """Relay the backend's text; a stop string cuts the reply, and text that may begin one is held back.
+
+        Backends end generation on the token that completes a stop string, so the counts stay exact.
+        """
         started = time.perf_counter()
         first: float | None = None
         text = ""
+        stopped_by_string = False
         counter = _Counter()
         pieces = stream_from_thread(lambda emit, stop: self._stream_text(model, messages, settings, emit, stop, counter))
         for piece in pieces:
             if first is None and piece:
                 first = time.perf_counter() - started
             text += piece
-            yield ChatProgress(text, counter.tokens, time.perf_counter() - started, first, self.backend)
-        yield ChatProgress(text, counter.tokens, time.perf_counter() - started, first, self.backend, done=True)
+            cut = first_stop(text, settings.stop)
+            if cut is not None:
+                text, stopped_by_string = text[:cut], True
+                pieces.close()  # waits for the backend, so its counts are final
+                break
+            shown = text[: len(text) - partial_stop(text, settings.stop)]
+            yield ChatProgress(shown, counter.tokens, time.perf_counter() - started, first, self.backend,
+                               prompt_tokens=counter.prompt_tokens)
+        yield ChatProgress(
+            text,
+            counter.tokens,
+            time.perf_counter() - started,
+            first,
+            self.backend,
+            done=True,
+            prompt_tokens=counter.prompt_tokens,
+            finish_reason="stop" if stopped_by_string else counter.finish_reason,
+        )
 
     @abstractmethod
     def _stream_text(
@@ -106,7 +160,11 @@ class ChatWrapper(Wrapper):
         stop: threading.Event,
         counter: _Counter,
     ) -> None:
-        """Generate in the worker thread: `emit` text pieces, count tokens, end soon after `stop` is set."""
+        """Generate in the worker thread: `emit` text pieces, end soon after `stop` is set, and fill `counter`.
+
+        Sampling is seeded with `settings.seed`; generation ends on the token that completes any of
+        `settings.stop` (the text may still contain it: `_timed` cuts it).
+        """
 
 
 @dataclass
@@ -177,7 +235,7 @@ class TransformersChat(ChatWrapper):
         counter: _Counter,
     ) -> None:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         class StopWhenAsked(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
@@ -186,7 +244,7 @@ class TransformersChat(ChatWrapper):
         inputs = model.tokenizer.apply_chat_template(
             messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
         ).to(model.model.device)
-        prompt_tokens = inputs["input_ids"].shape[1]
+        prompt_tokens = counter.prompt_tokens = inputs["input_ids"].shape[1]
         context = getattr(model.model.config, "max_position_embeddings", None)
         if context and prompt_tokens + settings.max_new_tokens > context:
             raise InvalidInput(
@@ -199,17 +257,23 @@ class TransformersChat(ChatWrapper):
             if settings.temperature > 0
             else {"do_sample": False}
         )
+        # transformers' own criterion ends generation on the very token that completes a stop string.
+        stop_strings = {"stop_strings": settings.stop, "tokenizer": model.tokenizer} if settings.stop else {}
         result: dict[str, Any] = {}
 
         def generate() -> None:
             try:
-                with torch.inference_mode():
+                # Sampling draws on the request's own stream, seeded with the reply's seed, never on torch's
+                # global one (other requests sample beside it); greedy decoding ignores it.
+                with torch.inference_mode(), own_random_stream(settings.seed) as (lend, take_back):
                     result["ids"] = model.model.generate(
                         **inputs,
                         max_new_tokens=settings.max_new_tokens,
                         streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([StopWhenAsked()]),
+                        logits_processor=LogitsProcessorList([lend]),
+                        stopping_criteria=StoppingCriteriaList([take_back, StopWhenAsked()]),
                         pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id,
+                        **stop_strings,
                         **sampling,
                     )
             except BaseException as exc:
@@ -229,3 +293,7 @@ class TransformersChat(ChatWrapper):
         if "error" in result:
             raise result["error"]
         counter.tokens = int(result["ids"].shape[1] - prompt_tokens)
+        eos = model.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        ended_on_eos = counter.tokens > 0 and int(result["ids"][0, -1]) in eos_ids
+        counter.finish_reason = "length" if counter.tokens >= settings.max_new_tokens and not ended_on_eos else "stop"

@@ -165,6 +165,7 @@ class LlamaCppChat(ChatWrapper):
             if llm is None:
                 raise RuntimeError(f"{self.key} was unloaded during the request")
             prompt = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+            counter.prompt_tokens = len(prompt)
             # 2. Refuse what does not fit the context, before any work
             if len(prompt) + settings.max_new_tokens > model.n_ctx:
                 raise InvalidInput(
@@ -179,6 +180,7 @@ class LlamaCppChat(ChatWrapper):
                 return stop.is_set()
 
             # 4. Stream; temperature 0 is greedy in llama.cpp. Only temperature and top-p shape sampling.
+            #    llama.cpp ends on the token that completes a stop string and streams none of it.
             chunks = llm.create_completion(
                 prompt,
                 max_tokens=settings.max_new_tokens,
@@ -187,7 +189,8 @@ class LlamaCppChat(ChatWrapper):
                 top_k=0,
                 min_p=0.0,
                 repeat_penalty=1.0,
-                stop=rendered.stop,
+                seed=settings.seed,
+                stop=[*rendered.stop, *settings.stop],
                 stopping_criteria=StoppingCriteriaList([sampled]),
                 stream=True,
             )
@@ -195,8 +198,10 @@ class LlamaCppChat(ChatWrapper):
                 for chunk in chunks:
                     if stop.is_set():
                         break
-                    text = chunk["choices"][0]["text"]
-                    if text:
-                        emit(text)
+                    choice = chunk["choices"][0]
+                    if choice["text"]:
+                        emit(choice["text"])
+                    if choice["finish_reason"]:  # on the last chunk: "length" or "stop"
+                        counter.finish_reason = choice["finish_reason"]
             finally:
                 chunks.close()

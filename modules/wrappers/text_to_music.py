@@ -11,9 +11,8 @@ for the next window (its convolutions look ahead). The final audio *is* the chun
 heard is what is saved; it equals one whole-sequence `audio_encoder.decode` to within float rounding
 (~1e-7 on the tiny model; the window sizes are what bound the difference on real weights).
 
-Several prompts, one per line, generate as one batch. The same seed gives the same samples, as long as
-no other request samples on the same torch generator at that moment (transformers samples from torch's
-global generator; the device queue keeps generation requests apart, the chat tab has its own queue).
+Several prompts, one per line, generate as one batch. The same seed gives the same samples, whatever
+else the server samples meanwhile: the request samples from its own random stream (sampling.py).
 
 Each WAV carries its prompt, model, seed and settings in RIFF INFO (see modules/wrappers/metadata.py).
 """
@@ -44,6 +43,7 @@ from modules.wrappers.base import (
     stream_from_thread,
 )
 from modules.wrappers.metadata import generation_parameters, riff_info
+from modules.wrappers.sampling import own_random_stream
 
 
 class MusicSettings(Settings):
@@ -269,7 +269,7 @@ class TransformersMusicgen(Wrapper):
     ) -> ChunkDecoder:
         """Generate in the worker thread: `emit` chunks, end soon after `stop` is set."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         net = model.model
         audio_config = net.config.audio_encoder
@@ -305,15 +305,15 @@ class TransformersMusicgen(Wrapper):
         sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k or None}
         if settings.top_p > 0:
             sampling["top_p"] = settings.top_p
-        torch.manual_seed(settings.seed)  # inside the lease: the device queue keeps other generations out
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), own_random_stream(settings.seed) as (lend, take_back):
                 net.generate(
                     **inputs,
                     # D seconds need D*frame_rate frames plus K-1 more steps for the delay pattern.
                     max_new_tokens=frames + num_codebooks - 1,
                     guidance_scale=settings.guidance if settings.guidance > 1 else None,
-                    stopping_criteria=StoppingCriteriaList([DecodeEveryStep()]),
+                    logits_processor=LogitsProcessorList([lend]),
+                    stopping_criteria=StoppingCriteriaList([take_back, DecodeEveryStep()]),
                     **sampling,
                 )
         except _Halt:
