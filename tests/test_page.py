@@ -1,0 +1,118 @@
+"""The page as a person meets it, in headless Chromium: errors in place, results in view, Stop that says so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modules.tiny import build_tiny_catalog
+from tests.conftest import AppServer
+from tests.test_ui import CHROMIUM, CHROMIUM_FLAGS, playwright_api
+
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+SLOW = 120_000  # ms: a tiny model on two shared cores; generous, never a speed target
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    if CHROMIUM is None:
+        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser: object, url: str, viewport: dict[str, int]) -> object:
+    page = browser.new_page(viewport=viewport)
+    page.goto(url)
+    page.get_by_role("tab").first.wait_for(timeout=30_000)  # Gradio renders client-side
+    return page
+
+
+def open_tab(page: object, tab_id: str) -> None:
+    """Click a tab as a person would: on a narrow screen some tabs sit behind "More tabs"."""
+    tab = page.locator(f'[role="tab"][data-tab-id="{tab_id}"]')
+    if tab.count() == 0 or not tab.is_visible():
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=tab_id.capitalize()).click()
+    else:
+        tab.click()
+
+
+# -- Chat: an error never locks the conversation ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chat_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
+    """Chat only: the tiny model, and a model whose files are nowhere, so loading it fails."""
+    tiny = build_tiny_catalog().tasks["chat"].models[0]
+    base = {"wrapper": "transformers-chat", "license": "apache-2.0"}
+    catalogue = {
+        "tasks": {
+            "chat": {
+                "default": "tiny-chat",
+                "models": [
+                    {**base, "id": "tiny-chat", "name": "Tiny Llama", "source": {"path": tiny.source.path}, "random_weights": True},
+                    {**base, "id": "absent", "name": "Absent Model", "source": {"hub": "atelier-tests/absent-model"}},
+                ],
+            }
+        }
+    }
+    workdir = tmp_path_factory.mktemp("chat-errors")
+    path = Path(workdir) / "models.yaml"
+    path.write_text(yaml.safe_dump(catalogue))
+    with AppServer(["--models", str(path), "--no-mcp"], workdir, env={"HF_HUB_OFFLINE": "1"}) as server:
+        yield server
+
+
+def send(page: object, text: str) -> None:
+    box = page.locator("textarea:visible").last  # the chat input (its placeholder goes after one message)
+    box.fill(text)
+    box.press("Enter")
+
+
+def test_chat_marks_each_failed_turn_in_place_and_takes_the_next_message(browser: object, chat_app: AppServer) -> None:
+    page = open_page(browser, chat_app.url, DESKTOP)
+    replies = page.locator(".message-wrap").get_by_text("tokens/s")
+    failures = page.locator(".message-wrap").get_by_text("Not answered:")
+    send(page, "first question")
+    replies.first.wait_for(timeout=SLOW)
+
+    # 1. A message over the server's limit
+    send(page, "x" * 12_500)
+    failures.nth(0).wait_for(timeout=SLOW)
+    assert "message is 12,500 characters" in failures.nth(0).inner_text()
+
+    # 2. A reply that cannot fit the context: the slider stops at the context, and even that is too long
+    page.get_by_role("button", name="Settings").first.click()
+    reply_length = page.get_by_label("number input for Max new tokens")
+    assert reply_length.get_attribute("max") == "2048", "max new tokens goes past the tiny model's context"
+    reply_length.fill("2048")
+    reply_length.press("Enter")
+    send(page, "second question")
+    failures.nth(1).wait_for(timeout=SLOW)
+    assert "context is 2048 tokens" in failures.nth(1).inner_text()
+    reply_length.fill("16")
+    reply_length.press("Enter")
+
+    # 3. A model that fails to load
+    page.get_by_label("Model").first.click()
+    page.get_by_role("option", name="Absent Model").click()
+    send(page, "third question")
+    failures.nth(2).wait_for(timeout=SLOW)
+    assert "not in the local Hugging Face cache" in failures.nth(2).inner_text()
+
+    # The next message is answered at once, without a reload, below everything said before
+    page.get_by_label("Model").first.click()
+    page.get_by_role("option", name="Tiny Llama").click()
+    send(page, "fourth question")
+    replies.nth(1).wait_for(timeout=SLOW)
+    conversation = page.locator(".message-wrap").inner_text()
+    assert all(q in conversation for q in ("first question", "second question", "third question", "fourth question"))
+    assert failures.count() == 3
+    page.close()
