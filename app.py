@@ -26,11 +26,11 @@ HERE = Path(__file__).resolve().parent
 
 #: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
 TABS: dict[str, tuple[str, str]] = {
-    "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
-    "image": ("🖼️ Image", "modules.tabs.image:build_image_tab"),
-    "caption": ("📝 Caption", "modules.tabs.caption:build_caption_tab"),
-    "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
-    "pointcloud": ("🧊 3D", "modules.tabs.points3d:build_points3d_tab"),
+    "chat": ("Chat", "modules.tabs.chat:build_chat_tab"),
+    "image": ("Image", "modules.tabs.image:build_image_tab"),
+    "caption": ("Caption", "modules.tabs.caption:build_caption_tab"),
+    "music": ("Music", "modules.tabs.music:build_music_tab"),
+    "pointcloud": ("3D", "modules.tabs.points3d:build_points3d_tab"),
 }
 
 
@@ -133,7 +133,7 @@ def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict
     from modules.tabs.system import build_system_tab
 
     with gr.Blocks(title="Atelier") as demo:
-        gr.Markdown("# 🎨 Atelier\nEvery generative modality in one place, sharing one memory manager.")
+        gr.Markdown("# Atelier\nEvery generative modality in one place, sharing one memory manager.")
         parts: dict[str, Any] = {}  # task -> what its builder returned, for wiring between tabs
         with gr.Tabs() as tabs:
             for task in TASKS:
@@ -146,7 +146,7 @@ def build_app(catalog: Catalog, manager: MemoryManager, wrappers: dict[str, dict
                     module_name, function = builder_path.split(":")
                     options = {"fallback": group.fallback} if group.fallback else {}
                     parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
-            with gr.Tab("🖥️ System", id="system"):
+            with gr.Tab("System", id="system"):
                 labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
                 build_system_tab(manager, labels)
         bridge.connect(tabs, parts)

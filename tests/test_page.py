@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from modules.tiny import build_tiny_catalog
 from tests.conftest import AppServer
@@ -115,4 +116,52 @@ def test_chat_marks_each_failed_turn_in_place_and_takes_the_next_message(browser
     conversation = page.locator(".message-wrap").inner_text()
     assert all(q in conversation for q in ("first question", "second question", "third question", "fourth question"))
     assert failures.count() == 3
+    page.close()
+
+
+# -- Results in view: output beside the controls on a laptop, right under Generate on a phone --------
+
+RUNS = {  # tab -> (what to fill, the run button, what marks the finished result inside the output)
+    "image": ("Prompt", "Generate", "#image-output .thumbnails img, #image-output img"),
+    "music": ("Prompt (one per line", "Generate", '#music-output audio[src]'),
+}
+
+
+def inside_viewport(page: object, selector: str) -> bool:
+    box = page.locator(selector).bounding_box()
+    view = page.viewport_size
+    return box is not None and box["y"] < view["height"] and box["y"] + min(box["height"], 200) > 0
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+@pytest.mark.parametrize("tab", sorted(RUNS))
+def test_the_result_appears_in_view(browser: object, tiny_app: AppServer, tab: str, viewport: dict[str, int]) -> None:
+    page = open_page(browser, tiny_app.url, viewport)
+    open_tab(page, tab)
+    field, button, result = RUNS[tab]
+    page.get_by_label(field).first.fill("a quiet morning")
+    if tab == "music":
+        page.get_by_label("number input for Duration (s)").fill("1")
+    page.get_by_role("button", name=button, exact=True).click()
+    page.locator(result).first.wait_for(timeout=SLOW)
+    assert inside_viewport(page, f"#{tab}-output"), f"{tab}'s output is out of view after {button}"
+    assert page.locator(result).first.is_visible()
+    page.close()
+
+
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_caption_previews_the_upload_and_its_result_is_in_view(
+    browser: object, tiny_app: AppServer, viewport: dict[str, int], tmp_path: Path
+) -> None:
+    picture = tmp_path / "gradient.png"
+    Image.linear_gradient("L").convert("RGB").save(picture)
+    page = open_page(browser, tiny_app.url, viewport)
+    open_tab(page, "caption")
+    page.locator('#caption-output img').wait_for(state="detached")
+    page.locator('#caption-upload input[type="file"]').set_input_files(str(picture))
+    page.locator("#caption-output img").first.wait_for(timeout=SLOW)  # the preview, before any run
+    page.get_by_role("button", name="Caption", exact=True).click()
+    page.get_by_text("tokens/s").first.wait_for(timeout=SLOW)
+    assert inside_viewport(page, "#caption-output"), "the caption is out of view"
+    assert page.locator("#caption-output").get_by_role("button", name="Copy").count() == 1, "no copy button"
     page.close()

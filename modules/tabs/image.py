@@ -15,11 +15,15 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
     model_dropdown,
     model_notes,
+    named_errors,
     pick,
     request_seed,
+    run_buttons,
     setting_slider,
+    settings_panel,
     step_progress,
     stepped_outputs,
     user_errors,
@@ -41,49 +45,52 @@ class ImageTab:
 
 
 def notes(wrapper: DiffusersTextToImage) -> str:
-    return model_notes(wrapper) + "\n\n" + wrapper.safety_note()
+    safety = f"Safety checker: {'on' if wrapper.safety_required() else 'off'}"
+    return model_notes(wrapper, (safety, wrapper.safety_note()))
 
 
 def stats_line(result: ImageResult, model_name: str) -> str:
-    withheld = f" · ⚠️ {result.withheld} image(s) withheld by the safety checker" if result.withheld else ""
+    withheld = f" · note: {result.withheld} image(s) withheld by the safety checker" if result.withheld else ""
     seeds = ", ".join(str(image.seed) for image in result.images) or "–"
     return (
-        f"⏱ {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
+        f"Done in {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
         f"{result.sampler} · seed {seeds} · {model_name}{withheld}"
     )
 
 
 def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) -> ImageTab:
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    model_info = gr.Markdown(notes(first))
-    with gr.Row(equal_height=True):
-        with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="an astronaut riding a horse, watercolour")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            model = model_dropdown(wrappers, default)
+            model_info = gr.Markdown(notes(first))
+            prompt = gr.Textbox(
+                label="Prompt", lines=1, max_lines=6, placeholder="an astronaut riding a horse, watercolour (Shift+Enter: new line)"
+            )
             negative = gr.Textbox(label="Negative prompt", lines=1, info=type(first.defaults).model_fields["negative_prompt"].description)
-        with gr.Column(scale=1, min_width=160):
-            run = gr.Button("Generate", variant="primary")
-            stop = gr.Button("Stop", variant="stop")
-    with gr.Accordion("Settings", open=True):
-        with gr.Row():
-            steps = setting_slider(first, "num_steps", "Steps", step=1)
-            guidance = setting_slider(first, "guidance", "Guidance (CFG)", step=0.5)
-            scheduler = gr.Dropdown(SCHEDULER_CHOICES, value=first.defaults.scheduler, label="Scheduler")
-        with gr.Row():
-            side = first.host.max_image_side
-            width = setting_slider(first, "width", "Width", step=8, maximum=side)
-            height = setting_slider(first, "height", "Height", step=8, maximum=side)
-            batch = setting_slider(first, "batch", "Images", step=1)
-        with gr.Row(equal_height=True):
-            seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1)
-            randomise = gr.Checkbox(value=True, label="Randomise seed")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-    gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png", type="filepath", interactive=False)
-    stats = gr.Markdown()
-    with gr.Row():
-        caption_button = gr.Button("📝 Caption this", size="sm")
-        downloads = gr.File(label="Download PNGs (parameters inside)", file_count="multiple", interactive=False)
+            run, stop = run_buttons()
+            with settings_panel():
+                with gr.Row():
+                    steps = setting_slider(first, "num_steps", "Steps", step=1)
+                    guidance = setting_slider(first, "guidance", "Guidance (CFG)", step=0.5)
+                scheduler = gr.Dropdown(SCHEDULER_CHOICES, value=first.defaults.scheduler, label="Scheduler")
+                with gr.Row():
+                    side = first.host.max_image_side
+                    width = setting_slider(first, "width", "Width", step=8, maximum=side)
+                    height = setting_slider(first, "height", "Height", step=8, maximum=side)
+                batch = setting_slider(first, "batch", "Images", step=1)
+                with gr.Row(equal_height=True):
+                    seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
+                    randomise = gr.Checkbox(value=True, label="Randomise seed")
+        with gr.Column(scale=6, min_width=320, elem_id="image-output"):
+            gallery = gr.Gallery(
+                label="Images", columns=2, height=480, object_fit="contain", format="png", type="filepath", interactive=False
+            )
+            stats = gr.Markdown()
+            with gr.Row():
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
+                caption_button = gr.Button("Caption this", size="sm")
+            downloads = gr.File(label="Download PNGs (parameters inside)", file_count="multiple", interactive=False, visible=False)
     selected = gr.State(None)
 
     @user_errors
@@ -130,7 +137,8 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         def finish(result: ImageResult) -> tuple[Any, ...]:
             paths = [str(image.path) for image in result.images]
             gallery_items = [(path, f"seed {image.seed}") for path, image in zip(paths, result.images)]
-            return gallery_items, paths, result.seed, stats_line(result, wrapper.entry.name)
+            shown = gr.File(value=paths, visible=True), gr.Number(value=result.seed, visible=True)
+            return gallery_items, *shown, stats_line(result, wrapper.entry.name)
 
         yield from stepped_outputs(
             wrapper.generate(prompt, on_step=step_progress(progress, "Denoising"), **settings),
@@ -166,7 +174,9 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         [*outputs, selected],
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+        show_progress_on=gallery,
     )
+    bring_into_view([run.click, prompt.submit], "image-output")
     api_endpoint(
         generate_image,
         [

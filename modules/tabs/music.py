@@ -16,12 +16,15 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
     model_dropdown,
     model_notes,
     named_errors,
     pick,
     request_seed,
+    run_buttons,
     setting_slider,
+    settings_panel,
     step_progress,
     user_errors,
 )
@@ -42,39 +45,35 @@ def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
 
 def status_line(progress: MusicProgress, model_name: str) -> str:
     if not progress.done:
-        return f"⏳ {progress.seconds:.1f} s of {progress.total_seconds:g} s generated · {model_name}"
+        return f"Generating: {progress.seconds:.1f} s of {progress.total_seconds:g} s · {model_name}"
     return (
-        f"✅ {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
+        f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
         f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
     )
 
 
 def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    notes = gr.Markdown(model_notes(first))
-    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
-    with gr.Row():
-        with gr.Column():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            model = model_dropdown(wrappers, default)
+            notes = gr.Markdown(model_notes(first))
             prompt = gr.Textbox(
                 label=f"Prompt (one per line: up to {first.max_batch} generate together)",
                 lines=3,
                 placeholder="lo-fi hip hop beat with warm piano chords\nepic orchestral trailer music",
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
-            with gr.Row():
-                seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0))
-                randomize = gr.Checkbox(True, label="New random seed each time")
-            with gr.Accordion("Sampling", open=False):
+            run, stop = run_buttons()
+            with settings_panel():
+                with gr.Row():
+                    seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
+                    randomize = gr.Checkbox(True, label="New random seed each time")
                 top_k = setting_slider(first, "top_k", "Top-k", step=1)
                 top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
                 temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
                 guidance = setting_slider(first, "guidance", "Classifier-free guidance", step=0.1)
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-        with gr.Column():
+        with gr.Column(scale=6, min_width=320, elem_id="music-output"):
             live = gr.Audio(
                 label="Live (first prompt)" if CAN_STREAM else "Live playback needs FFmpeg on the server",
                 streaming=True,
@@ -87,7 +86,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
                 gr.Audio(label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"])
                 for i in range(first.max_batch)
             ]
-            files = gr.File(label="Download WAV", file_count="multiple", interactive=False)
+            files = gr.File(label="Download WAV", file_count="multiple", interactive=False, visible=False)
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
         d = pick(wrappers, model_id).defaults
@@ -144,7 +144,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
                 continue
             paths = [str(path) for path in item.paths]
             shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
-            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
+            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, gr.File(value=paths, visible=True))
 
     def generate_from_page(
         model: str,
@@ -169,7 +169,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         outputs,
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+        show_progress_on=live,
     )
+    bring_into_view([run.click], "music-output")
     api_endpoint(
         generate_music,
         [
