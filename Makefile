@@ -15,7 +15,7 @@ LLAMA_BUILT = $(WHEELS)/.$(subst ==,-,$(LLAMA_CPP)).built
 GLTF_VALIDATOR ?= gltf-validator@2.0.0-dev.3.10
 VALIDATOR      := .cache/node/node_modules/gltf-validator/package.json
 
-.PHONY: run tiny test bench setup setup-dev system-packages llama llama-wheel llama-site clean
+.PHONY: run tiny test bench gpu-check-cpu gpu-wheels setup setup-dev system-packages llama llama-wheel llama-site clean
 
 run: setup $(if $(filter 1 yes true,$(LLAMA)),llama)
 	$(PY) app.py --port $(PORT) $(ARGS)
@@ -29,6 +29,19 @@ test: setup-dev system-packages $(VALIDATOR)
 
 bench: setup-dev
 	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# The GPU check (bench/gpu_check.py) on this CPU at tiny sizes; CI runs it through tests/test_gpu_check.py.
+gpu-check-cpu: setup
+	$(PY) bench/gpu_check.py --device cpu --tiny --out .cache/gpu_check_cpu.json
+
+# Wheels a bare GPU machine (Python 3.12 with torch, transformers, accelerate, safetensors, PyYAML) lacks
+# for the GPU check, into .whl/ (about 11 MB); see README.md, "GPU check".
+GPU_WHEELS ?= diffusers==0.42.1 importlib_metadata==8.7.0 pydantic==2.12.5 pydantic_core==2.41.5 annotated-types==0.7.0 \
+	typing-inspection==0.4.2 typing_extensions==4.15.0 soundfile==0.14.0 cffi==2.1.1 pycparser==3.12 trimesh==5.2.0
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 setup: $(VENV)/.installed
 

@@ -10,6 +10,8 @@ Policy, stated honestly:
 - Room that is held by models in use is waited for (up to `wait_seconds`), never taken. A waiting
   request pins nothing and holds no room, so two waiters can never each hold what the other needs.
   Weights and working memory are claimed together, before the load.
+- Loads from files run one at a time, whichever models they are for (model libraries' loaders are not
+  thread-safe); moves to and from CPU RAM, and the work inside leases, run concurrently.
 - On an out-of-memory error, every idle model is evicted, caches are emptied, and `run`/`stream` retry
   once. A model that fails half-way through a move is dropped rather than left split across devices.
 - The estimate given before a load is replaced by the measured footprint after it. If the model then
@@ -66,6 +68,9 @@ class MemoryManager:
         self._records: dict[str, ModelRecord] = {}
         # One condition guards all accounting; loads run outside it, serialised per model.
         self._cond = threading.Condition(threading.RLock())
+        # And one load at a time across models: transformers 5's from_pretrained is not thread-safe (two
+        # loads at once in different threads leave parameters on the meta device).
+        self._loading = threading.Lock()
         #: True when the last dropped model was really collected (nothing else kept it alive).
         self.last_drop_freed: bool | None = None
         if idle_unload_seconds:
@@ -286,7 +291,8 @@ class MemoryManager:
     def _load_or_move(self, record: ModelRecord) -> Any:
         if record.state is not State.OFFLOADED:
             # A load's OpenMP pool must not stay behind in a long-lived server thread (see `threads`).
-            return in_fresh_thread(lambda: record.loader.load(self.device))
+            with self._loading:
+                return in_fresh_thread(lambda: record.loader.load(self.device))
         try:
             return record.loader.move(record.model, self.device)
         except BaseException:

@@ -10,8 +10,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(exc, torch.OutOfMemoryError):
         return True
-    # MPS and some native backends report OOM as a plain RuntimeError or MemoryError.
-    return isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and "out of memory" in str(exc))
+    # MPS and some native backends report OOM as a plain RuntimeError or MemoryError; torch's CPU
+    # allocator says "DefaultCPUAllocator: can't allocate memory".
+    text = str(exc)
+    return isinstance(exc, MemoryError) or (
+        isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+    )
 
 
 def release_memory(device: str, collect: bool = True) -> None:
