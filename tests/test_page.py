@@ -165,3 +165,22 @@ def test_caption_previews_the_upload_and_its_result_is_in_view(
     assert inside_viewport(page, "#caption-output"), "the caption is out of view"
     assert page.locator("#caption-output").get_by_role("button", name="Copy").count() == 1, "no copy button"
     page.close()
+
+
+# -- Errors in place: the message stays beside the output, earlier results stay, no "Error" pills ----
+
+
+def test_an_image_error_stays_in_the_status_line_and_keeps_the_result(browser: object, tiny_app: AppServer) -> None:
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, "image")
+    prompt = page.get_by_label("Prompt").first
+    prompt.fill("a lighthouse")
+    prompt.press("Enter")  # Enter in the one-line prompt generates
+    output = page.locator("#image-output")
+    output.get_by_text("Done in").wait_for(timeout=SLOW)
+    prompt.fill("")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    output.get_by_text("Not done: prompt is empty").wait_for(timeout=SLOW)
+    assert output.locator("img").first.is_visible(), "the earlier image was wiped by the error"
+    assert page.get_by_text("Error", exact=True).count() == 0, "an 'Error' pill sits over the page"
+    page.close()

@@ -16,6 +16,7 @@ from modules.tabs.common import (
     api_number,
     api_text,
     bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
     pick,
@@ -117,9 +118,23 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             finish=lambda result: (result.image, result.text, stats_line(result, wrapper.entry.name)),
         )
 
+    def caption_from_page(
+        image: str,
+        model: str,
+        prefix: str,
+        decoding: str,
+        num_beams: float,
+        top_p: float,
+        temperature: float,
+        max_new_tokens: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        run = caption(image, model, prefix, decoding, num_beams, top_p, temperature, max_new_tokens, progress)
+        yield from errors_in_place(run, outputs=3)
+
     outputs = [seen, caption_text, stats]
     event = run.click(
-        caption,
+        caption_from_page,
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
         outputs,
         api_name="caption_from_page",  # private; the public name belongs to the API endpoint below

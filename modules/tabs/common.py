@@ -61,6 +61,20 @@ def user_errors(fn: F) -> F:
     return plain  # type: ignore[return-value]
 
 
+def errors_in_place(updates: Iterable[tuple[Any, ...]], outputs: int, status: int = -1) -> Iterator[tuple[Any, ...]]:
+    """For a page event: a failure is written into its status line (output `status` of `outputs`), and
+    every other output keeps what it shows, instead of a fading toast and "Error" pills over the outputs.
+
+    The message stays until the next run writes that line. API endpoints call the handler directly and
+    so still raise `gr.Error` for scripts.
+    """
+    try:
+        yield from updates
+    except gr.Error as exc:
+        line = f"Not done: {exc.message}"
+        yield tuple(line if i == status % outputs else gr.skip() for i in range(outputs))
+
+
 def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
     """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar (`scale` converts steps to `unit`)."""
 

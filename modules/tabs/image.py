@@ -16,6 +16,7 @@ from modules.tabs.common import (
     api_number,
     api_text,
     bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
     named_errors,
@@ -161,9 +162,10 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         randomise: bool,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        for update in generate_image(
+        run = generate_image(
             prompt, negative_prompt, model, request_seed(seed, randomise), steps, guidance, width, height, batch, scheduler, progress
-        ):
+        )
+        for update in errors_in_place(run, outputs=4):
             yield (*update, None)  # a new gallery: forget which image was selected
 
     outputs = [gallery, downloads, seed_used, stats]

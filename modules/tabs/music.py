@@ -17,6 +17,7 @@ from modules.tabs.common import (
     api_number,
     api_text,
     bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
     named_errors,
@@ -158,9 +159,10 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         guidance: float,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        yield from generate_music(
+        run = generate_music(
             prompt, model, request_seed(seed, randomise), duration, top_k, top_p, temperature, guidance, progress
         )
+        yield from errors_in_place(run, outputs=len(outputs), status=1)
 
     outputs = [live, status, seed, *players, files]
     event = run.click(
