@@ -184,3 +184,28 @@ def test_an_image_error_stays_in_the_status_line_and_keeps_the_result(browser: o
     assert output.locator("img").first.is_visible(), "the earlier image was wiped by the error"
     assert page.get_by_text("Error", exact=True).count() == 0, "an 'Error' pill sits over the page"
     page.close()
+
+
+# -- Stop is a result: the status line says where the run stopped -----------------------------------
+
+STOPS = {  # tab -> (the longest-run setting and its value, the live status, the stopped status)
+    "image": ("Steps", "150", "Denoising: step", "Stopped at step"),
+    "music": ("Duration (s)", "30", "Generating:", "Stopped after"),
+}
+
+
+@pytest.mark.parametrize("tab", sorted(STOPS))
+def test_stop_says_where_the_run_stopped(browser: object, tiny_app: AppServer, tab: str) -> None:
+    setting, longest, live, stopped = STOPS[tab]
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, tab)
+    page.get_by_label("Prompt").first.fill("a slow crescendo")
+    page.get_by_label(f"number input for {setting}").fill(longest)
+    page.get_by_label(f"number input for {setting}").press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    output = page.locator(f"#{tab}-output")
+    output.get_by_text(live).wait_for(timeout=SLOW)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    output.get_by_text(stopped).wait_for(timeout=SLOW)
+    assert output.get_by_text(live).count() == 0 and output.get_by_text("Done").count() == 0
+    page.close()

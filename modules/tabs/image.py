@@ -35,6 +35,17 @@ SCHEDULER_CHOICES = [("Model default", "default"), ("Euler", "euler"), ("Euler a
 assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
 
 
+DENOISING = "Denoising: step"
+
+
+def stopped_line(status: str | None) -> Any:
+    """At Stop, the live status line becomes the run's result: "Denoising: step 3 of 25" -> "Stopped at
+    step 3 of 25" (any other line, such as a finished run's, stays)."""
+    if status and status.startswith(DENOISING):
+        return status.replace(DENOISING, "Stopped at step", 1)
+    return gr.skip()
+
+
 @dataclass(frozen=True)
 class ImageTab:
     """What the bridge to other tabs may touch: the prompt, the gallery, its selection and one button."""
@@ -138,13 +149,12 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         def finish(result: ImageResult) -> tuple[Any, ...]:
             paths = [str(image.path) for image in result.images]
             gallery_items = [(path, f"seed {image.seed}") for path, image in zip(paths, result.images)]
-            shown = gr.File(value=paths, visible=True), gr.Number(value=result.seed, visible=True)
-            return gallery_items, *shown, stats_line(result, wrapper.entry.name)
+            return gallery_items, paths, result.seed, stats_line(result, wrapper.entry.name)
 
         yield from stepped_outputs(
             wrapper.generate(prompt, on_step=step_progress(progress, "Denoising"), **settings),
             outputs=4,
-            status=lambda step: f"Denoising: step {step.step} of {step.total}",
+            status=lambda step: f"{DENOISING} {step.step} of {step.total}",
             finish=finish,
         )
 
@@ -165,8 +175,10 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         run = generate_image(
             prompt, negative_prompt, model, request_seed(seed, randomise), steps, guidance, width, height, batch, scheduler, progress
         )
-        for update in errors_in_place(run, outputs=4):
-            yield (*update, None)  # a new gallery: forget which image was selected
+        for gallery_items, files, used, status in errors_in_place(run, outputs=4):
+            if isinstance(files, list):  # the result: the download panel and seed appear only now
+                files, used = gr.File(value=files, visible=True), gr.Number(value=used, visible=True)
+            yield gallery_items, files, used, status, None  # a new gallery: forget which image was selected
 
     outputs = [gallery, downloads, seed_used, stats]
     event = gr.on(
@@ -196,7 +208,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         outputs,
         api_name="generate_image",
     )
-    stop.click(None, cancels=[event], api_visibility="private")
+    stop.click(stopped_line, stats, stats, cancels=[event], api_visibility="private")
 
     def remember(evt: gr.SelectData) -> int:
         return evt.index

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -51,6 +52,13 @@ def status_line(progress: MusicProgress, model_name: str) -> str:
         f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
         f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
     )
+
+
+def stopped_line(status: str | None) -> Any:
+    """At Stop, the live status line becomes the run's result: "Generating: 4.0 s of 10 s · …" ->
+    "Stopped after 4.0 s of audio" (any other line, such as a finished run's, stays)."""
+    made = re.match(r"Generating: ([\d.]+) s of", status or "")
+    return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
 
 
 def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
@@ -145,7 +153,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
                 continue
             paths = [str(path) for path in item.paths]
             shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
-            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, gr.File(value=paths, visible=True))
+            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
 
     def generate_from_page(
         model: str,
@@ -162,7 +170,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         run = generate_music(
             prompt, model, request_seed(seed, randomise), duration, top_k, top_p, temperature, guidance, progress
         )
-        yield from errors_in_place(run, outputs=len(outputs), status=1)
+        for *update, files in errors_in_place(run, outputs=len(outputs), status=1):
+            # the result: the download panel appears only now
+            yield (*update, gr.File(value=files, visible=True) if isinstance(files, list) else files)
 
     outputs = [live, status, seed, *players, files]
     event = run.click(
@@ -190,4 +200,4 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         api_name="generate_music",
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
-    stop.click(None, cancels=[event], api_visibility="private")
+    stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")
