@@ -65,11 +65,12 @@ $(VALIDATOR):
 
 # Debian packages the tests need: chromium for the UI tests (Playwright's own browser download needs the
 # web), ffmpeg for Gradio's streaming audio and the WAV tests, npm for the glTF validator, cmake and g++
-# to build llama.cpp.
+# to build llama.cpp, and a colour-emoji font so screenshots look as a person's browser would.
 system-packages:
 	@missing=""; \
 	for tool in chromium:chromium ffmpeg:ffmpeg npm:npm cmake:cmake g++:g++; do \
 	  command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool##*:}"; done; \
+	[ -f /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || missing="$$missing fonts-noto-color-emoji"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $$missing >/dev/null; fi

@@ -30,13 +30,13 @@ HERE = Path(__file__).resolve().parent
 
 #: task -> (tab title, "module:builder"); builders take (wrappers, default, **task options).
 TABS: dict[str, tuple[str, str]] = {
-    "chat": ("💬 Chat", "modules.tabs.chat:build_chat_tab"),
-    "image": ("🖼️ Image", "modules.tabs.image:build_image_tab"),
-    "caption": ("📝 Caption", "modules.tabs.caption:build_caption_tab"),
-    "music": ("🎵 Music", "modules.tabs.music:build_music_tab"),
-    "pointcloud": ("🧊 3D", "modules.tabs.points3d:build_points3d_tab"),
+    "chat": ("Chat", "modules.tabs.chat:build_chat_tab"),
+    "image": ("Image", "modules.tabs.image:build_image_tab"),
+    "caption": ("Caption", "modules.tabs.caption:build_caption_tab"),
+    "music": ("Music", "modules.tabs.music:build_music_tab"),
+    "pointcloud": ("3D", "modules.tabs.points3d:build_points3d_tab"),
 }
-SYSTEM_TITLE = "🖥️ System"
+SYSTEM_TITLE = "System"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -153,7 +153,7 @@ def build_app(
     from modules.tabs.system import build_system_tab
 
     with gr.Blocks(title="Atelier") as demo:
-        gr.Markdown("# 🎨 Atelier\nEvery generative modality in one place, sharing one memory manager.")
+        gr.Markdown("# Atelier\nEvery generative modality in one place, sharing one memory manager.")
         parts: dict[str, Any] = {}  # task -> what its builder returned, for wiring between tabs
         with gr.Tabs() as tabs:
             for task in TASKS:

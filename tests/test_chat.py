@@ -154,3 +154,17 @@ def test_auth_protects_the_app(tmp_path: Path) -> None:
         assert authed.predict(api_name="/system_status")
     finally:
         server.stop()
+
+
+def test_a_turn_marked_not_answered_never_reaches_the_model() -> None:
+    from modules.tabs.chat import not_answered, plain_history
+
+    failed = not_answered("the message is too long")
+    history = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "assistant", "content": "3 tokens", "metadata": {"title": "3 tokens · 9 tokens/s"}},
+        {"role": "user", "content": "x" * 50},
+        {"role": failed.role, "content": failed.content, "metadata": failed.metadata},
+    ]
+    assert plain_history(history) == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]

@@ -15,10 +15,14 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
     pick,
+    run_buttons,
     setting_slider,
+    settings_panel,
     step_progress,
     stepped_outputs,
     user_errors,
@@ -41,37 +45,37 @@ class CaptionTab:
 
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
-    notes = f" · ℹ️ {'; '.join(result.notes)}" if result.notes else ""
-    return f"⏱ {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
+    notes = f" · note: {'; '.join(result.notes)}" if result.notes else ""
+    return f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
 
 
 def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> CaptionTab:
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    model_info = gr.Markdown(model_notes(first))
-    with gr.Row():
-        with gr.Column():
-            upload = gr.File(label="Image", file_types=["image"], type="filepath")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            model = model_dropdown(wrappers, default)
+            model_info = gr.Markdown(model_notes(first))
+            upload = gr.File(label="Image", file_types=["image"], type="filepath", height=120, elem_id="caption-upload")
             gr.Markdown(UPLOAD_POLICY)
-            seen = gr.Image(label="What the model sees", interactive=False, height=256)
-        with gr.Column():
             prefix = gr.Textbox(label="Caption starts with (optional)", placeholder="a photograph of")
-            decoding = gr.Radio(
-                [("Beam search", "beam"), ("Nucleus sampling", "nucleus")], value=first.defaults.decoding, label="Decoding"
-            )
-            with gr.Row():
-                beams = setting_slider(first, "num_beams", "Beams", step=1)
-                max_length = setting_slider(first, "max_length", "Max length (tokens)", step=1)
-            with gr.Row():
-                top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
-                temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
-            with gr.Row():
-                run = gr.Button("Caption", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-    caption_text = gr.Textbox(label="Caption", interactive=True, lines=2)
-    stats = gr.Markdown()
-    use_button = gr.Button("🎨 Use as prompt", size="sm")
+            run, stop = run_buttons("Caption")
+            with settings_panel():
+                decoding = gr.Radio(
+                    [("Beam search", "beam"), ("Nucleus sampling", "nucleus")], value=first.defaults.decoding, label="Decoding"
+                )
+                with gr.Row():
+                    beams = setting_slider(first, "num_beams", "Beams", step=1)
+                    max_length = setting_slider(first, "max_length", "Max length (tokens)", step=1)
+                with gr.Row():
+                    top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
+                    temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
+        with gr.Column(scale=6, min_width=320, elem_id="caption-output"):
+            # The upload shows here at once; a caption run replaces it with what the model saw.
+            seen = gr.Image(label="What the model sees", interactive=False, height=320)
+            caption_text = gr.Textbox(label="Caption", interactive=True, lines=2, buttons=["copy"])
+            stats = gr.Markdown()
+            use_button = gr.Button("Use as prompt", size="sm")
+    upload.change(lambda path: path, upload, seen, api_visibility="private")
 
     @user_errors
     def caption(
@@ -114,15 +118,31 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             finish=lambda result: (result.image, result.text, stats_line(result, wrapper.entry.name)),
         )
 
+    def caption_from_page(
+        image: str,
+        model: str,
+        prefix: str,
+        decoding: str,
+        num_beams: float,
+        top_p: float,
+        temperature: float,
+        max_new_tokens: float,
+        progress: gr.Progress = gr.Progress(),
+    ) -> Iterator[Any]:
+        run = caption(image, model, prefix, decoding, num_beams, top_p, temperature, max_new_tokens, progress)
+        yield from errors_in_place(run, outputs=3)
+
     outputs = [seen, caption_text, stats]
     event = run.click(
-        caption,
+        caption_from_page,
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
         outputs,
         api_name="caption_from_page",  # private; the public name belongs to the API endpoint below
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+        show_progress_on=caption_text,
     )
+    bring_into_view([run.click], "caption-output")
     api_endpoint(
         caption,
         [

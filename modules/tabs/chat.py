@@ -9,6 +9,7 @@ import gradio as gr
 
 from modules.tabs.common import (
     api_model,
+    as_user_error,
     api_number,
     api_text,
     model_dropdown,
@@ -21,7 +22,7 @@ from modules.tabs.common import (
 from modules.wrappers.base import InvalidInput, ModelUnavailable
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
 
-STATS_TITLE = "⏱"
+NOT_ANSWERED = "Not answered"
 #: Reading speed is the limit: 20 updates a second look continuous and leave the CPU to the model.
 UPDATE_SECONDS = 0.05
 
@@ -35,19 +36,32 @@ def _text_of(content: Any) -> str:
     return ""
 
 
+def not_answered(reason: str) -> gr.ChatMessage:
+    """The mark a failed turn gets in place: the conversation stays and the next message can follow."""
+    return gr.ChatMessage(
+        role="assistant",
+        content="The model never saw this message, and the next one is sent without it.",
+        metadata={"title": f"{NOT_ANSWERED}: {reason}"},
+    )
+
+
 def plain_history(history: list[dict[str, Any]]) -> list[Message]:
-    """The conversation as the model should see it: our speed notes are left out."""
-    return [
-        {"role": turn["role"], "content": _text_of(turn.get("content"))}
-        for turn in history
-        if turn.get("role") in ("user", "assistant") and not (turn.get("metadata") or {}).get("title")
-    ]
+    """The conversation as the model should see it: our notes are left out, and so is a message that was
+    not answered (the model never saw it, and two user turns in a row break some chat templates)."""
+    turns: list[Message] = []
+    for turn in history:
+        title = (turn.get("metadata") or {}).get("title") or ""
+        if title.startswith(NOT_ANSWERED) and turns and turns[-1]["role"] == "user":
+            turns.pop()
+        if turn.get("role") in ("user", "assistant") and not title:
+            turns.append({"role": turn["role"], "content": _text_of(turn.get("content"))})
+    return turns
 
 
 def stats_line(progress: ChatProgress, model_name: str) -> str:
     first = f"{progress.first_token_seconds:.2f} s" if progress.first_token_seconds is not None else "–"
     return (
-        f"{STATS_TITLE} {progress.tokens} tokens · {progress.tokens_per_second:.1f} tokens/s · "
+        f"{progress.tokens} tokens · {progress.tokens_per_second:.1f} tokens/s · "
         f"first token {first} · {model_name} ({progress.backend})"
     )
 
@@ -66,7 +80,7 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         wrapper = pick(wrappers, model, default)
         notice = ""
         if fallback and wrapper.entry.id != fallback and wrapper.availability():
-            notice = f"⚠️ {wrapper.entry.name} is not available here; answering with {wrappers[fallback].entry.name}. "
+            notice = f"Note: {wrapper.entry.name} is not available here; answering with {wrappers[fallback].entry.name}. "
             wrapper = wrappers[fallback]
         try:
             for progress in throttle(wrapper.generate(message, turns, **settings), UPDATE_SECONDS):
@@ -74,12 +88,11 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         except ModelUnavailable:
             if not fallback or wrapper is wrappers[fallback]:
                 raise
-            notice = f"⚠️ {wrapper.entry.name} could not be loaded; answering with {wrappers[fallback].entry.name}. "
+            notice = f"Note: {wrapper.entry.name} could not be loaded; answering with {wrappers[fallback].entry.name}. "
             wrapper = wrappers[fallback]
             for progress in throttle(wrapper.generate(message, turns, **settings), UPDATE_SECONDS):
                 yield progress, notice, wrapper
 
-    @user_errors
     def respond(
         message: str,
         history: list[dict[str, Any]],
@@ -89,13 +102,22 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         top_p: float,
         max_new_tokens: float,
     ) -> Iterator[Any]:
+        """The page's turn. A failure never raises: it is marked in place, under whatever reply was made,
+        so the conversation stays and the input takes the next message at once."""
         settings = {"system_prompt": system_prompt, "temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens}
-        for progress, notice, wrapper in reply(message, plain_history(history), model, settings):
-            yield progress.text
+        text = ""
+        try:
+            for progress, notice, wrapper in reply(message, plain_history(history), model, settings):
+                text = progress.text
+                yield text
+        except Exception as exc:
+            partial = [gr.ChatMessage(role="assistant", content=text)] if text else []
+            yield [*partial, not_answered(as_user_error(exc).message)]
+            return
         stats = stats_line(progress, wrapper.entry.name)
         # The speed travels as a titled note under the reply; plain_history keeps it from the model.
         yield [
-            gr.ChatMessage(role="assistant", content=progress.text),
+            gr.ChatMessage(role="assistant", content=text),
             gr.ChatMessage(role="assistant", content=notice or stats, metadata={"title": notice + stats}),
         ]
 
@@ -132,11 +154,14 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         system_prompt = gr.Textbox(first.defaults.system_prompt, label="System prompt", lines=2)
         temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
         top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
-        max_new_tokens = setting_slider(first, "max_new_tokens", "Max new tokens", step=1)
+        max_new_tokens = setting_slider(first, "max_new_tokens", "Max new tokens", step=1, maximum=first.longest_reply())
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        defaults = pick(wrappers, model_id).defaults
-        return defaults.system_prompt, defaults.temperature, defaults.top_p, defaults.max_new_tokens
+        wrapper = pick(wrappers, model_id)
+        defaults = wrapper.defaults
+        longest = wrapper.longest_reply()
+        reply_length = gr.Slider(value=min(defaults.max_new_tokens, longest), maximum=longest)
+        return defaults.system_prompt, defaults.temperature, defaults.top_p, reply_length
 
     model.change(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import html
 import inspect
 import logging
 import time
@@ -58,6 +59,20 @@ def user_errors(fn: F) -> F:
             raise as_user_error(exc) from None
 
     return plain  # type: ignore[return-value]
+
+
+def errors_in_place(updates: Iterable[tuple[Any, ...]], outputs: int, status: int = -1) -> Iterator[tuple[Any, ...]]:
+    """For a page event: a failure is written into its status line (output `status` of `outputs`), and
+    every other output keeps what it shows, instead of a fading toast and "Error" pills over the outputs.
+
+    The message stays until the next run writes that line. API endpoints call the handler directly and
+    so still raise `gr.Error` for scripts.
+    """
+    try:
+        yield from updates
+    except gr.Error as exc:
+        line = f"Not done: {exc.message}"
+        yield tuple(line if i == status % outputs else gr.skip() for i in range(outputs))
 
 
 def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
@@ -128,18 +143,26 @@ def model_dropdown(wrappers: Mapping[str, Wrapper], default: str, label: str = "
     return gr.Dropdown(choices=choices, value=default, label=label, interactive=len(choices) > 1)
 
 
-def model_notes(wrapper: Wrapper) -> str:
-    """Licence, random-weights label and what is missing, as Markdown for the line under the picker."""
+def model_notes(wrapper: Wrapper, *more: tuple[str, str]) -> str:
+    """The model's notes as one compact line, the full sentences on demand (an HTML `<details>`).
+
+    The line always names the licence with its restriction (a non-commercial licence must not hide
+    behind a click), random weights and anything missing; `more` adds a tab's own (short, full) notes.
+    """
     entry = wrapper.entry
-    lines = [f"**Licence:** {entry.license}" + (f" — ⚠️ {entry.license_note}" if entry.license_note else "")]
+    restriction = f" ({entry.license_note})" if entry.license_note else ""
+    notes = [(f"Licence: {entry.license}{restriction}", f"**Licence:** {entry.license}{restriction}")]
     if entry.random_weights:
-        lines.append("🧪 **Random weights, for testing:** outputs are noise by design.")
+        notes.append(("Random weights", "**Random weights, for testing:** outputs are noise by design."))
     if wrapper.backend_note:
-        lines.append(f"⚙️ **Backend:** {wrapper.backend_note}")
+        notes.append(("Backend note", f"**Backend:** {wrapper.backend_note}"))
     missing = wrapper.availability()
     if missing:
-        lines.append(f"⚠️ **Not available on this machine yet:** {missing}")
-    return "\n\n".join(lines)
+        notes.append(("Not available here yet", f"**Not available on this machine yet:** {missing}"))
+    notes.extend(more)
+    line = " · ".join(short for short, _ in notes)
+    details = "\n\n".join(full for _, full in notes)
+    return f'<details class="model-notes"><summary>{html.escape(line)}</summary>\n\n{details}\n\n</details>'
 
 
 def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | None]:
@@ -244,4 +267,27 @@ def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum
             label=label,
             info=type(wrapper.defaults).model_fields[name].description,
         )
+    )
+
+
+def settings_panel(label: str = "Settings") -> gr.Accordion:
+    """A tab's settings, under its run button and beside the output on a wide screen."""
+    return gr.Accordion(label, open=True)
+
+
+def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
+    """The run button and a smaller Stop beside it."""
+    with gr.Row():
+        run = gr.Button(label, variant="primary", scale=3)
+        stop = gr.Button("Stop", variant="stop", scale=1)
+    return run, stop
+
+
+def bring_into_view(triggers: list[Any], elem_id: str) -> None:
+    """When a run starts, scroll its output into view (on a phone it sits below the controls)."""
+    gr.on(
+        triggers,
+        None,
+        js=f"() => document.getElementById('{elem_id}')?.scrollIntoView({{block: 'start'}})",
+        api_visibility="private",
     )

@@ -15,11 +15,16 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
+    named_errors,
     pick,
     request_seed,
+    run_buttons,
     setting_slider,
+    settings_panel,
     step_progress,
     stepped_outputs,
     user_errors,
@@ -28,6 +33,17 @@ from modules.wrappers.text_to_image import SCHEDULERS, DiffusersTextToImage, Ima
 
 SCHEDULER_CHOICES = [("Model default", "default"), ("Euler", "euler"), ("Euler a", "euler-a"), ("DPM++ 2M", "dpm++-2m"), ("DDIM", "ddim")]
 assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
+
+
+DENOISING = "Denoising: step"
+
+
+def stopped_line(status: str | None) -> Any:
+    """At Stop, the live status line becomes the run's result: "Denoising: step 3 of 25" -> "Stopped at
+    step 3 of 25" (any other line, such as a finished run's, stays)."""
+    if status and status.startswith(DENOISING):
+        return status.replace(DENOISING, "Stopped at step", 1)
+    return gr.skip()
 
 
 @dataclass(frozen=True)
@@ -42,50 +58,53 @@ class ImageTab:
 
 
 def notes(wrapper: DiffusersTextToImage) -> str:
-    return model_notes(wrapper) + "\n\n" + wrapper.safety_note()
+    safety = f"Safety checker: {'on' if wrapper.safety_required() else 'off'}"
+    return model_notes(wrapper, (safety, wrapper.safety_note()))
 
 
 def stats_line(result: ImageResult, model_name: str) -> str:
-    withheld = f" · ⚠️ {result.withheld} image(s) withheld by the safety checker" if result.withheld else ""
+    withheld = f" · note: {result.withheld} image(s) withheld by the safety checker" if result.withheld else ""
     seeds = ", ".join(str(image.seed) for image in result.images) or "–"
     return (
-        f"⏱ {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
+        f"Done in {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
         f"{result.sampler} · seed {seeds} · {model_name}{withheld}"
     )
 
 
 def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) -> ImageTab:
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    model_info = gr.Markdown(notes(first))
-    with gr.Row(equal_height=True):
-        with gr.Column(scale=4):
-            prompt = gr.Textbox(label="Prompt", lines=2, placeholder="an astronaut riding a horse, watercolour")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            model = model_dropdown(wrappers, default)
+            model_info = gr.Markdown(notes(first))
+            prompt = gr.Textbox(
+                label="Prompt", lines=1, max_lines=6, placeholder="an astronaut riding a horse, watercolour (Shift+Enter: new line)"
+            )
             negative = gr.Textbox(label="Negative prompt", lines=1, info=type(first.defaults).model_fields["negative_prompt"].description)
-        with gr.Column(scale=1, min_width=160):
-            run = gr.Button("Generate", variant="primary")
-            stop = gr.Button("Stop", variant="stop")
-    with gr.Accordion("Settings", open=True):
-        with gr.Row():
-            steps = setting_slider(first, "num_steps", "Steps", step=1)
-            guidance = setting_slider(first, "guidance", "Guidance (CFG)", step=0.5)
-            scheduler = gr.Dropdown(SCHEDULER_CHOICES, value=first.defaults.scheduler, label="Scheduler")
-        with gr.Row():
-            side = first.host.max_image_side
-            width = setting_slider(first, "width", "Width", step=8, maximum=side)
-            height = setting_slider(first, "height", "Height", step=8, maximum=side)
-            batch = setting_slider(first, "batch", "Images", step=1)
-        with gr.Row(equal_height=True):
-            seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1)
-            randomise = gr.Checkbox(value=True, label="Randomise seed")
-            seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-    gallery = gr.Gallery(label="Images", columns=4, height="auto", format="png", type="filepath", interactive=False)
-    stats = gr.Markdown()
-    with gr.Row():
-        caption_button = gr.Button("📝 Caption this", size="sm")
-        make_3d_button = gr.Button("🧊 Make 3D", size="sm")
-        downloads = gr.File(label="Download PNGs (parameters inside)", file_count="multiple", interactive=False)
+            run, stop = run_buttons()
+            with settings_panel():
+                with gr.Row():
+                    steps = setting_slider(first, "num_steps", "Steps", step=1)
+                    guidance = setting_slider(first, "guidance", "Guidance (CFG)", step=0.5)
+                scheduler = gr.Dropdown(SCHEDULER_CHOICES, value=first.defaults.scheduler, label="Scheduler")
+                with gr.Row():
+                    side = first.host.max_image_side
+                    width = setting_slider(first, "width", "Width", step=8, maximum=side)
+                    height = setting_slider(first, "height", "Height", step=8, maximum=side)
+                batch = setting_slider(first, "batch", "Images", step=1)
+                with gr.Row(equal_height=True):
+                    seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
+                    randomise = gr.Checkbox(value=True, label="Randomise seed")
+        with gr.Column(scale=6, min_width=320, elem_id="image-output"):
+            gallery = gr.Gallery(
+                label="Images", columns=2, height=480, object_fit="contain", format="png", type="filepath", interactive=False
+            )
+            stats = gr.Markdown()
+            with gr.Row():
+                seed_used = gr.Number(label="Seed used", precision=0, interactive=False, visible=False)
+                caption_button = gr.Button("Caption this", size="sm")
+                make_3d_button = gr.Button("Make 3D", size="sm")
+            downloads = gr.File(label="Download PNGs (parameters inside)", file_count="multiple", interactive=False, visible=False)
     selected = gr.State(None)
 
     @user_errors
@@ -137,7 +156,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         yield from stepped_outputs(
             wrapper.generate(prompt, on_step=step_progress(progress, "Denoising"), **settings),
             outputs=4,
-            status=lambda step: f"Denoising: step {step.step} of {step.total}",
+            status=lambda step: f"{DENOISING} {step.step} of {step.total}",
             finish=finish,
         )
 
@@ -155,10 +174,13 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         randomise: bool,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        for update in generate_image(
+        run = generate_image(
             prompt, negative_prompt, model, request_seed(seed, randomise), steps, guidance, width, height, batch, scheduler, progress
-        ):
-            yield (*update, None)  # a new gallery: forget which image was selected
+        )
+        for gallery_items, files, used, status in errors_in_place(run, outputs=4):
+            if isinstance(files, list):  # the result: the download panel and seed appear only now
+                files, used = gr.File(value=files, visible=True), gr.Number(value=used, visible=True)
+            yield gallery_items, files, used, status, None  # a new gallery: forget which image was selected
 
     outputs = [gallery, downloads, seed_used, stats]
     event = gr.on(
@@ -168,7 +190,9 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         [*outputs, selected],
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+        show_progress_on=gallery,
     )
+    bring_into_view([run.click, prompt.submit], "image-output")
     api_endpoint(
         generate_image,
         [
@@ -186,7 +210,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         outputs,
         api_name="generate_image",
     )
-    stop.click(None, cancels=[event], api_visibility="private")
+    stop.click(stopped_line, stats, stats, cancels=[event], api_visibility="private")
 
     def remember(evt: gr.SelectData) -> int:
         return evt.index

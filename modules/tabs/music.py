@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,12 +17,16 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
+    errors_in_place,
     model_dropdown,
     model_notes,
     named_errors,
     pick,
     request_seed,
+    run_buttons,
     setting_slider,
+    settings_panel,
     step_progress,
     user_errors,
 )
@@ -42,39 +47,42 @@ def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
 
 def status_line(progress: MusicProgress, model_name: str) -> str:
     if not progress.done:
-        return f"⏳ {progress.seconds:.1f} s of {progress.total_seconds:g} s generated · {model_name}"
+        return f"Generating: {progress.seconds:.1f} s of {progress.total_seconds:g} s · {model_name}"
     return (
-        f"✅ {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
+        f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
         f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
     )
 
 
+def stopped_line(status: str | None) -> Any:
+    """At Stop, the live status line becomes the run's result: "Generating: 4.0 s of 10 s · …" ->
+    "Stopped after 4.0 s of audio" (any other line, such as a finished run's, stays)."""
+    made = re.match(r"Generating: ([\d.]+) s of", status or "")
+    return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
+
+
 def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
     first = wrappers[default]
-    with gr.Row():
-        model = model_dropdown(wrappers, default)
-    notes = gr.Markdown(model_notes(first))
-    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
-    with gr.Row():
-        with gr.Column():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            model = model_dropdown(wrappers, default)
+            notes = gr.Markdown(model_notes(first))
             prompt = gr.Textbox(
                 label=f"Prompt (one per line: up to {first.max_batch} generate together)",
                 lines=3,
                 placeholder="lo-fi hip hop beat with warm piano chords\nepic orchestral trailer music",
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
-            with gr.Row():
-                seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0))
-                randomize = gr.Checkbox(True, label="New random seed each time")
-            with gr.Accordion("Sampling", open=False):
+            run, stop = run_buttons()
+            with settings_panel():
+                with gr.Row():
+                    seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
+                    randomize = gr.Checkbox(True, label="New random seed each time")
                 top_k = setting_slider(first, "top_k", "Top-k", step=1)
                 top_p = setting_slider(first, "top_p", "Top-p", step=0.01)
                 temperature = setting_slider(first, "temperature", "Temperature", step=0.05)
                 guidance = setting_slider(first, "guidance", "Classifier-free guidance", step=0.1)
-            with gr.Row():
-                run = gr.Button("Generate", variant="primary")
-                stop = gr.Button("Stop", variant="stop")
-        with gr.Column():
+        with gr.Column(scale=6, min_width=320, elem_id="music-output"):
             live = gr.Audio(
                 label="Live (first prompt)" if CAN_STREAM else "Live playback needs FFmpeg on the server",
                 streaming=True,
@@ -87,7 +95,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
                 gr.Audio(label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"])
                 for i in range(first.max_batch)
             ]
-            files = gr.File(label="Download WAV", file_count="multiple", interactive=False)
+            files = gr.File(label="Download WAV", file_count="multiple", interactive=False, visible=False)
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
         d = pick(wrappers, model_id).defaults
@@ -158,9 +167,12 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         guidance: float,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        yield from generate_music(
+        run = generate_music(
             prompt, model, request_seed(seed, randomise), duration, top_k, top_p, temperature, guidance, progress
         )
+        for *update, files in errors_in_place(run, outputs=len(outputs), status=1):
+            # the result: the download panel appears only now
+            yield (*update, gr.File(value=files, visible=True) if isinstance(files, list) else files)
 
     outputs = [live, status, seed, *players, files]
     event = run.click(
@@ -169,7 +181,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         outputs,
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
+        show_progress_on=live,
     )
+    bring_into_view([run.click], "music-output")
     api_endpoint(
         generate_music,
         [
@@ -186,4 +200,4 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         api_name="generate_music",
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
-    stop.click(None, cancels=[event], api_visibility="private")
+    stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")

@@ -28,13 +28,15 @@ from modules.wrappers.base import (
 from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
 from modules.wrappers.sampling import own_random_stream
 
+#: The longest reply any request may ask for; a model's context may cap it lower (`longest_reply`).
+MAX_NEW_TOKENS = 4096
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": text}
 
 
 class ChatSettings(Settings):
     temperature: float = Field(0.7, ge=0.0, le=2.0, description="0 means greedy decoding")
     top_p: float = Field(0.9, gt=0.0, le=1.0)
-    max_new_tokens: int = Field(256, ge=1, le=4096)
+    max_new_tokens: int = Field(256, ge=1, le=MAX_NEW_TOKENS)
     system_prompt: str = Field("You are a helpful assistant.", max_length=4000)
     seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed; only sampling uses it")
     stop: list[Annotated[str, Field(min_length=1, max_length=100)]] = Field(
@@ -97,6 +99,15 @@ class ChatWrapper(Wrapper):
                 raise InvalidInput(f"history entry {turn!r} is not a user or assistant text message")
         system = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt.strip() else []
         return [*system, *history, {"role": "user", "content": text}]
+
+    def context_tokens(self) -> int | None:
+        """The model's context in tokens, read from its files without loading; None if unknown."""
+        return None
+
+    def longest_reply(self) -> int:
+        """The most max_new_tokens can usefully be: a reply as long as the context never fits beside a prompt."""
+        context = self.context_tokens()
+        return min(MAX_NEW_TOKENS, context) if context else MAX_NEW_TOKENS
 
     def working_bytes(self, settings: ChatSettings, messages: list[Message]) -> int:
         """Declared to the memory manager per request; backends whose cache is allocated at load (and so
@@ -204,6 +215,9 @@ class TransformersChat(ChatWrapper):
         bytes_per_position, context = layout
         positions = sum(len(turn["content"]) for turn in messages) + settings.max_new_tokens
         return bytes_per_position * min(positions, context)
+
+    def context_tokens(self) -> int | None:
+        return self._kv_layout[1] if self._kv_layout else None
 
     @cached_property
     def _kv_layout(self) -> tuple[int, int] | None:

@@ -81,6 +81,14 @@ class LlamaCppChat(ChatWrapper):
     def context_for(self, metadata: dict[str, Any]) -> int:
         return min(context_length(metadata), self.max_context)
 
+    def context_tokens(self) -> int | None:
+        """The context llama.cpp is given at load (n_ctx), read from the GGUF header without loading."""
+        try:
+            path = self.gguf_path()
+        except ModelUnavailable:
+            return None
+        return self.context_for(read_scalars(path)) if path.is_file() else None
+
     def estimate_bytes(self) -> int:
         """The GGUF file plus the KV cache llama.cpp allocates for the context, read before loading."""
         try:

@@ -212,10 +212,10 @@ class DiffusersTextToImage(Wrapper):
                 else ("the app is shared publicly" if self.host.public else "the app is private; it turns on with --share")
             )
         if required and ships is False:
-            return f"🛡️ **Safety checker: required** ({why}), but this model ships none, so it cannot generate here."
+            return f"**Safety checker: required** ({why}), but this model ships none, so it cannot generate here."
         if required:
-            return f"🛡️ **Safety checker: on** ({why}); flagged images are withheld."
-        return f"🛡️ **Safety checker: off** ({why})."
+            return f"**Safety checker: on** ({why}); flagged images are withheld."
+        return f"**Safety checker: off** ({why})."
 
     # -- 1. check inputs -------------------------------------------------------------------------
 
