@@ -84,11 +84,14 @@ def test_broken_models_fail_only_their_own_tab_and_memory_stays_right(broken_app
 
 MUSIC_CLIENT = """
 import sys
+import time
 from gradio_client import Client
 client = Client(sys.argv[1], verbose=False)
 job = client.submit("a long piece", model="tiny-musicgen", seed=1, duration=30, api_name="/generate_music")
-while not any(isinstance(output[1], str) and output[1].startswith("⏳") for output in job.outputs()):
-    pass
+while not any(isinstance(output[1], str) and output[1].startswith("Generating") for output in job.outputs()):
+    if job.done():
+        sys.exit(f"the music request ended before it streamed: {job.outputs()!r}")
+    time.sleep(0.02)
 print("generating", flush=True)
 job.result()
 """
