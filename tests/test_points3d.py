@@ -106,31 +106,22 @@ def test_stop_ends_generation_and_releases_the_lease(tiny_client: Client) -> Non
 def test_the_point_cloud_renders_in_the_browser(tiny_app: AppServer) -> None:
     """Headless Chromium: generate on the 3D tab and see coloured points drawn on the Model3D canvas."""
     import io
-    import shutil
 
     from PIL import Image
 
-    from tests.test_ui import CHROMIUM_FLAGS, playwright_api  # skips where Playwright is not installed
+    from tests.test_ui import browser  # skips where Playwright is not installed
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(tiny_app.url)
-            page.get_by_role("tab", name="3D").click()
-            page.get_by_placeholder("a red motorcycle").fill("a blue chair")
-            page.get_by_role("button", name="Generate", exact=True).last.click()
-            page.get_by_text("steps/s").first.wait_for(timeout=60_000)
-            canvas = page.locator("canvas").last
-            canvas.wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)  # let the viewer draw a few frames
-            png = canvas.screenshot()
-            shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-        finally:
-            browser.close()
+    with browser() as open_page:
+        page = open_page(tiny_app.url)
+        page.get_by_role("tab", name="3D").click()
+        page.get_by_placeholder("a red motorcycle").fill("a blue chair")
+        page.get_by_role("button", name="Generate", exact=True).last.click()
+        page.get_by_text("steps/s").first.wait_for(timeout=60_000)
+        canvas = page.locator("canvas").last
+        canvas.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the viewer draw a few frames
+        png = canvas.screenshot()
+        shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     background = np.median(shot, axis=0)
     drawn = np.abs(shot.astype(int) - background).sum(axis=1) > 60
     assert drawn.mean() > 0.001, "the Model3D canvas shows no points"

@@ -123,32 +123,23 @@ def test_make_3d_in_the_browser_sends_the_image_and_shows_the_mesh(tiny_app: App
     """Headless Chromium: generate on the Image tab, press Make 3D, and see the 3D tab draw a result
     whose stats line names the source image."""
     import io
-    import shutil
 
-    from tests.test_ui import CHROMIUM_FLAGS, playwright_api  # skips where Playwright is not installed
+    from tests.test_ui import browser  # skips where Playwright is not installed
 
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.goto(tiny_app.url)
-            page.get_by_role("tab", name="Image").first.click()
-            page.get_by_label("Prompt").first.fill("a green teapot")
-            page.get_by_role("button", name="Generate", exact=True).first.click()
-            page.get_by_text("steps/s").first.wait_for(timeout=180_000)  # the Image tab's stats line
-            page.get_by_role("button", name="Make 3D").click()
-            made = page.get_by_text("points · seed")  # the 3D tab's stats line
-            made.wait_for(timeout=180_000)
-            stats = made.inner_text()
-            canvas = page.locator("canvas").last
-            canvas.wait_for(timeout=30_000)
-            page.wait_for_timeout(1500)  # let the viewer draw a few frames
-            shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
-        finally:
-            browser.close()
+    with browser() as open_page:
+        page = open_page(tiny_app.url, height=1000)
+        page.get_by_role("tab", name="Image").first.click()
+        page.get_by_label("Prompt").first.fill("a green teapot")
+        page.get_by_role("button", name="Generate", exact=True).first.click()
+        page.get_by_text("steps/s").first.wait_for(timeout=180_000)  # the Image tab's stats line
+        page.get_by_role("button", name="Make 3D").click()
+        made = page.get_by_text("points · seed")  # the 3D tab's stats line
+        made.wait_for(timeout=180_000)
+        stats = made.inner_text()
+        canvas = page.locator("canvas").last
+        canvas.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # let the viewer draw a few frames
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
     assert "from " in stats and ".png" in stats and "prompt “a green teapot”" in stats
     background = np.median(shot, axis=0)
     assert (np.abs(shot - background).sum(axis=1) > 60).mean() > 0.001, "the 3D viewer shows nothing"

@@ -24,15 +24,16 @@ CHROMIUM_FLAGS = [
 
 
 @contextmanager
-def browser() -> Iterator[Callable[[str], object]]:
-    """Headless Chromium; yields `open_page(url)`, which opens a page in a fresh context (no shared login)."""
+def browser() -> Iterator[Callable[..., object]]:
+    """Headless Chromium; yields `open_page(url, height=900)`, which opens a 1280-px-wide page in a fresh
+    context (no shared login)."""
     if CHROMIUM is None:
         pytest.fail("chromium is not installed: `make test` installs it (apt-get install chromium)")
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
 
-        def open_page(url: str) -> object:
-            page = chromium.new_context(viewport={"width": 1280, "height": 900}).new_page()
+        def open_page(url: str, height: int = 900) -> object:
+            page = chromium.new_context(viewport={"width": 1280, "height": height}).new_page()
             page.goto(url)
             return page
 
