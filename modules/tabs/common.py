@@ -6,6 +6,8 @@ import functools
 import html
 import inspect
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -24,6 +26,8 @@ T = TypeVar("T")
 DEVICE_QUEUE = "device"
 #: How often a stepped generation sends its status line (and so how soon Stop can take effect).
 STATUS_SECONDS = 0.25
+#: Below this width (CSS px) the page is a phone's: settings start folded.
+PHONE_WIDTH = 700
 USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
 
 
@@ -84,23 +88,47 @@ def step_progress(progress: gr.Progress, description: str, unit: str = "steps", 
     return on_step
 
 
+class Pace:
+    """The time left, from this run's own rate (Gradio's ETA averages earlier runs of any size).
+
+    The clock starts at the first step seen, so loading the model does not count; it restarts when
+    the count restarts (a new stage).
+    """
+
+    def __init__(self) -> None:
+        self.first: tuple[int, int, float] | None = None  # (step, total, when)
+
+    def left(self, step: int, total: int) -> str:
+        """" · about 12 s left", or "" until there is a rate to go by."""
+        now = time.monotonic()
+        if self.first is None or step < self.first[0] or total != self.first[1]:
+            self.first = (step, total, now)
+        done, elapsed = step - self.first[0], now - self.first[2]
+        if done <= 0 or elapsed <= 0 or step >= total:
+            return ""
+        return f" · about {math.ceil((total - step) * elapsed / done)} s left"
+
+
 def stepped_outputs(
     items: Iterable[Any], outputs: int, status: Callable[[Step], str], finish: Callable[[Any], tuple[Any, ...]]
 ) -> Iterator[tuple[Any, ...]]:
     """Relay a wrapper's `Step`s then its result to an event with `outputs` outputs, the last a status line.
 
-    A step updates only the status, at most every `STATUS_SECONDS` (each yield is a message to the
-    browser, which costs more than a tiny model's step). A yield is also where Stop can close the
-    generator, so Stop takes effect within that interval plus one step; the progress bar, fed by
-    `on_step`, still moves every step.
+    A step updates only the status (with the time left at this run's rate), at most every
+    `STATUS_SECONDS` (each yield is a message to the browser, which costs more than a tiny model's
+    step). A yield is also where Stop can close the generator, so Stop takes effect within that
+    interval plus one step; the progress bar, fed by `on_step`, still moves every step.
     """
     last = float("-inf")
+    pace = Pace()
     for item in items:
         if not isinstance(item, Step):
             yield finish(item)
-        elif time.monotonic() - last >= STATUS_SECONDS:
+            continue
+        left = pace.left(item.step, item.total)
+        if time.monotonic() - last >= STATUS_SECONDS:
             last = time.monotonic()
-            yield (*[gr.skip()] * (outputs - 1), status(item))
+            yield (*[gr.skip()] * (outputs - 1), status(item) + left)
 
 
 def throttle(items: Iterable[T], seconds: float) -> Iterator[T]:
@@ -271,20 +299,96 @@ def setting_slider(wrapper: Wrapper, name: str, label: str, step: float, maximum
 
 
 def settings_panel(label: str = "Settings") -> gr.Accordion:
-    """A tab's settings, under its run button and beside the output on a wide screen."""
-    return gr.Accordion(label, open=True)
+    """A tab's settings, under its run button and beside the output on a wide screen; folded on a phone.
+
+    The page tells the server its width when it loads, and the panel's `open` is set from it: an update
+    through Gradio, so the panel stays as set when its tab is shown later (a click in the page's own
+    script would be undone when Gradio draws the tab).
+    """
+    panel = gr.Accordion(label, open=True)
+    width = gr.Number(visible=False)
+    gr.on(
+        None,
+        lambda px: gr.Accordion(open=px is None or px >= PHONE_WIDTH),
+        width,
+        panel,
+        js="() => window.innerWidth",
+        queue=False,
+        api_visibility="private",
+    )
+    return panel
 
 
 def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
-    """The run button and a smaller Stop beside it."""
+    """The run button and a smaller Stop beside it, enabled only while a run is live (see `show_running`)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1)
+        stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
     return run, stop
 
 
+def running_label(progress: str) -> gr.Button:
+    """The run button's label while its run is live, e.g. "Generating… step 3/25"."""
+    return gr.Button(value=f"Generating… {progress}".strip())
+
+
+def show_running(starts: list[Any], run: gr.Button, stop: gr.Button) -> None:
+    """While a run is live the run button says so and Stop is enabled (see `show_idle` for its end).
+
+    `starts` are the listeners that start the run (`run.click`, `prompt.submit`, `event.then`). Register
+    this before the run itself: the page applies a trigger's listeners in the order they were
+    registered, so one registered after a run would wait for the run to end. Both buttons change through
+    server updates, so Gradio keeps their state (a change made by the page's own script is undone when
+    Gradio next draws them). The run's own yields put step counts in the label.
+    """
+    for start in starts:
+        start(lambda: (running_label(""), gr.Button(interactive=True)), None, [run, stop], queue=False, api_visibility="private")
+
+
+def idle_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
+    """The run button and Stop when no run is live."""
+    return gr.Button(value=label), gr.Button(interactive=False)
+
+
+def show_idle(runs: list[Any], run: gr.Button, stop: gr.Button, label: str = "Generate") -> None:
+    """When a run ends by itself (done or failed), its button is itself again and Stop is disabled. A
+    run cancelled by Stop never reaches its `.then`: there Stop's own handler returns `idle_buttons()`."""
+    for event in runs:
+        event.then(lambda: idle_buttons(label), None, [run, stop], queue=False, api_visibility="private")
+
+
+class StopFlags:
+    """Stop for one tab's page runs that keep what they made: one flag per browser session, which the
+    run's wrapper checks every step.
+
+    The run then ends itself and sends its own result ("Stopped after 4.0 s of audio", the partial
+    clip). Gradio's `cancels` could not: it closes the generator, after which nothing can be sent. A
+    Stop clicked while the run still waits in the queue leaves the flag set, and the run stops as it
+    starts (Stop is enabled only from Generate until the run ends).
+    """
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, request: gr.Request) -> threading.Event:
+        """The flag of the run this request starts (already set if Stop came first)."""
+        with self._lock:
+            return self._flags.setdefault(request.session_hash or "", threading.Event())
+
+    def stop(self, request: gr.Request) -> None:
+        with self._lock:
+            self._flags.setdefault(request.session_hash or "", threading.Event()).set()
+
+    def end(self, request: gr.Request, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(request.session_hash or "") is flag:
+                del self._flags[request.session_hash or ""]
+
+
 def bring_into_view(triggers: list[Any], elem_id: str) -> None:
-    """When a run starts, scroll its output into view (on a phone it sits below the controls)."""
+    """When a run starts, scroll its output into view (on a phone it sits below the controls); register
+    it before the run, as `show_running`."""
     gr.on(
         triggers,
         None,

@@ -23,8 +23,12 @@ from modules.tabs.common import (
     pick,
     request_seed,
     run_buttons,
+    running_label,
     setting_slider,
     settings_panel,
+    idle_buttons,
+    show_idle,
+    show_running,
     step_progress,
     stepped_outputs,
     user_errors,
@@ -39,10 +43,10 @@ DENOISING = "Denoising: step"
 
 
 def stopped_line(status: str | None) -> Any:
-    """At Stop, the live status line becomes the run's result: "Denoising: step 3 of 25" -> "Stopped at
-    step 3 of 25" (any other line, such as a finished run's, stays)."""
+    """At Stop, the live status line becomes the run's result: "Denoising: step 3 of 25 · about 4 s left"
+    -> "Stopped at step 3 of 25" (any other line, such as a finished run's, stays)."""
     if status and status.startswith(DENOISING):
-        return status.replace(DENOISING, "Stopped at step", 1)
+        return status.replace(DENOISING, "Stopped at step", 1).split(" · ")[0]
     return gr.skip()
 
 
@@ -177,22 +181,30 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         run = generate_image(
             prompt, negative_prompt, model, request_seed(seed, randomise), steps, guidance, width, height, batch, scheduler, progress
         )
+        cleared = False
         for gallery_items, files, used, status in errors_in_place(run, outputs=4):
+            label: Any = gr.skip()
             if isinstance(files, list):  # the result: the download panel and seed appear only now
                 files, used = gr.File(value=files, visible=True), gr.Number(value=used, visible=True)
-            yield gallery_items, files, used, status, None  # a new gallery: forget which image was selected
+            elif isinstance(status, str) and status.startswith(DENOISING):
+                label = running_label(status.removeprefix("Denoising: ").split(" · ")[0])
+                if not cleared:  # the first step: the previous run's images must not pass for this one's
+                    gallery_items, files, used = None, gr.File(value=None, visible=False), gr.Number(visible=False)
+                    cleared = True
+            yield gallery_items, files, used, status, None, label  # a new gallery: forget which image was selected
 
     outputs = [gallery, downloads, seed_used, stats]
+    show_running([run.click, prompt.submit], run, stop)
+    bring_into_view([run.click, prompt.submit], "image-output")
     event = gr.on(
         [run.click, prompt.submit],
         generate_from_page,
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
-        [*outputs, selected],
+        [*outputs, selected, run],
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
         show_progress_on=gallery,
     )
-    bring_into_view([run.click, prompt.submit], "image-output")
     api_endpoint(
         generate_image,
         [
@@ -210,7 +222,10 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         outputs,
         api_name="generate_image",
     )
-    stop.click(stopped_line, stats, stats, cancels=[event], api_visibility="private")
+    show_idle([event], run, stop)
+    stop.click(
+        lambda status: (stopped_line(status), *idle_buttons()), stats, [stats, run, stop], cancels=[event], api_visibility="private"
+    )
 
     def remember(evt: gr.SelectData) -> int:
         return evt.index

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import io
-import re
+import math
 import shutil
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,7 +28,11 @@ from modules.tabs.common import (
     run_buttons,
     setting_slider,
     settings_panel,
+    show_idle,
+    show_running,
+    running_label,
     step_progress,
+    StopFlags,
     user_errors,
 )
 from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
@@ -45,20 +50,20 @@ def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
     return buffer.getvalue()
 
 
+GENERATING = "Generating: "
+
+
 def status_line(progress: MusicProgress, model_name: str) -> str:
+    if progress.stopped:
+        return f"Stopped after {progress.seconds:.1f} s of audio · {model_name}"
     if not progress.done:
-        return f"Generating: {progress.seconds:.1f} s of {progress.total_seconds:g} s · {model_name}"
+        left = (progress.total_seconds - progress.seconds) / progress.real_time_factor if progress.seconds else 0
+        eta = f" · about {math.ceil(left)} s left" if left > 0 else ""
+        return f"{GENERATING}{progress.seconds:.1f} s of {progress.total_seconds:g} s{eta} · {model_name}"
     return (
         f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
         f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
     )
-
-
-def stopped_line(status: str | None) -> Any:
-    """At Stop, the live status line becomes the run's result: "Generating: 4.0 s of 10 s · …" ->
-    "Stopped after 4.0 s of audio" (any other line, such as a finished run's, stays)."""
-    made = re.match(r"Generating: ([\d.]+) s of", status or "")
-    return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
 
 
 def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
@@ -92,7 +97,10 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             )
             status = gr.Markdown()
             players = [
-                gr.Audio(label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"])
+                gr.Audio(
+                    label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"],
+                    elem_classes="music-player",
+                )
                 for i in range(first.max_batch)
             ]
             files = gr.File(label="Download WAV", file_count="multiple", interactive=False, visible=False)
@@ -105,6 +113,33 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
     model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
 
     @user_errors
+    def music_run(
+        prompt: str,
+        model: str | None,
+        seed: int,
+        settings: dict[str, Any],
+        progress: gr.Progress,
+        interrupt: threading.Event | None = None,
+    ) -> Iterator[Any]:
+        """The updates of one run: a live chunk and status line per second of audio, then the players."""
+        wrapper = pick(wrappers, model, default)
+        frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
+        to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
+
+        def on_step(frame: int, frames: int) -> None:
+            if frame % 5 == 0 or frame == frames:  # every 0.1 s of audio is plenty for a progress bar
+                to_bar(frame, frames)
+
+        quiet = (gr.skip(),) * (len(players) + 1)
+        for item in wrapper.generate(prompt, on_step=on_step, interrupt=interrupt, seed=seed, **settings):
+            if not item.done:
+                chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
+                yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
+                continue
+            paths = [str(path) for path in item.paths]
+            shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < max(1, len(paths))) for i in range(len(players))]
+            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
+
     def generate_music(
         prompt: str,
         model: str | None = None,
@@ -129,31 +164,10 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             temperature: sampling temperature.
             guidance: classifier-free guidance scale.
         """
-        wrapper = pick(wrappers, model, default)
-        settings = {
-            "duration": duration,
-            "seed": seed,
-            "top_k": top_k,
-            "top_p": top_p,
-            "temperature": temperature,
-            "guidance": guidance,
-        }
-        frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
-        to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
+        settings = {"duration": duration, "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance": guidance}
+        yield from music_run(prompt, model, seed, settings, progress)
 
-        def on_step(frame: int, frames: int) -> None:
-            if frame % 5 == 0 or frame == frames:  # every 0.1 s of audio is plenty for a progress bar
-                to_bar(frame, frames)
-
-        quiet = (gr.skip(),) * (len(players) + 1)
-        for item in wrapper.generate(prompt, on_step=on_step, **settings):
-            if not item.done:
-                chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
-                yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
-                continue
-            paths = [str(path) for path in item.paths]
-            shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < len(paths)) for i in range(len(players))]
-            yield (gr.skip(), status_line(item, wrapper.entry.name), item.seed, *shown, paths)
+    stop_flags = StopFlags()
 
     def generate_from_page(
         model: str,
@@ -165,25 +179,43 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         top_p: float,
         temperature: float,
         guidance: float,
+        request: gr.Request,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:
-        run = generate_music(
-            prompt, model, request_seed(seed, randomise), duration, top_k, top_p, temperature, guidance, progress
-        )
-        for *update, files in errors_in_place(run, outputs=len(outputs), status=1):
-            # the result: the download panel appears only now
-            yield (*update, gr.File(value=files, visible=True) if isinstance(files, list) else files)
+        """The page's run: its outputs, then the run button's label. The first chunk clears the previous
+        run's players; Stop (the session's flag) ends it with the audio made so far as its result."""
+        flag = stop_flags.start(request)
+        try:
+            if flag.is_set():  # Stop came while the run waited in the queue
+                yield (gr.skip(), "Stopped before it started", *[gr.skip()] * (len(outputs) - 1))
+                return
+            settings = {"duration": duration, "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance": guidance}
+            run = music_run(prompt, model, request_seed(seed, randomise), settings, progress, flag)
+            cleared = False
+            for live, line, used, *shown, files in errors_in_place(run, outputs=len(outputs), status=1):
+                label: Any = gr.skip()
+                if isinstance(files, list):  # the result: the download panel appears only now
+                    files = gr.File(value=files, visible=bool(files))
+                elif isinstance(line, str) and line.startswith(GENERATING):
+                    label = running_label(line.removeprefix(GENERATING).split(" · ")[0])
+                    if not cleared:  # the previous run's clips must not pass for this one's
+                        shown = [gr.Audio(value=None, visible=i == 0) for i in range(len(players))]
+                        files, cleared = gr.File(value=None, visible=False), True
+                yield (live, line, used, *shown, files, label)
+        finally:
+            stop_flags.end(request, flag)
 
     outputs = [live, status, seed, *players, files]
+    show_running([run.click], run, stop)
+    bring_into_view([run.click], "music-output")
     event = run.click(
         generate_from_page,
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
-        outputs,
+        [*outputs, run],
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
         show_progress_on=live,
     )
-    bring_into_view([run.click], "music-output")
     api_endpoint(
         generate_music,
         [
@@ -199,5 +231,6 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         outputs,
         api_name="generate_music",
     )
-    # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
-    stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")
+    show_idle([event], run, stop)
+    # Stop sets this browser's own flag: the run ends at the next frame and shows the audio made so far.
+    stop.click(stop_flags.stop, None, None, queue=False, api_visibility="private")

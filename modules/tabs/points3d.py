@@ -3,6 +3,7 @@ and optionally a coloured mesh (GLB, OBJ, STL)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -17,12 +18,17 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    errors_in_place,
     model_dropdown,
     model_notes,
     named_errors,
     pick,
     request_seed,
+    running_label,
     setting_slider,
+    idle_buttons,
+    show_idle,
+    show_running,
     stepped_outputs,
     user_errors,
 )
@@ -35,6 +41,7 @@ STAGE_LABELS = {
     "mesh": "Mesh: signed distances on the grid (query batches)",
 }
 FROM_TEXT, FROM_IMAGE = "From text", "From an image"
+IMAGE_RUN = "Generate from the image"
 
 #: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
 BAR_SECONDS = 0.1
@@ -67,7 +74,7 @@ def initial_steps(wrapper: PointEWrapper) -> int:
 
 def stats_line(result: PointCloudResult, model_name: str) -> str:
     line = (
-        f"⏱ {result.seconds:.2f} s · {result.steps} steps (both stages) · {result.steps_per_second:.2f} steps/s · "
+        f"Done in {result.seconds:.2f} s · {result.steps} steps (both stages) · {result.steps_per_second:.2f} steps/s · "
         f"{len(result.points):,} points · seed {result.seed} · {model_name}"
     )
     if result.mesh is not None:
@@ -84,6 +91,38 @@ def stats_line(result: PointCloudResult, model_name: str) -> str:
 
 def status_line(step: StageStep) -> str:
     return f"{STAGE_LABELS[step.stage]}: {step.step} of {step.total}"
+
+
+#: A live status line, "Stage 1 of 2: base model: 4 of 16 · about 3 s left": (where, count).
+LIVE = re.compile(r"^(?P<where>.+): (?P<count>\d+ of \d+)(?: · |$)")
+LIVE_STAGES = tuple(STAGE_LABELS.values())
+
+
+def stopped_line(status: str | None) -> Any:
+    """At Stop, the live status line becomes the run's result: "Stopped at step 4 of 16 (Stage 1 of 2:
+    base model)"; any other line, such as a finished run's, stays."""
+    live = LIVE.match(status or "")
+    if not live or not live["where"].startswith(LIVE_STAGES):
+        return gr.skip()
+    return f"Stopped at step {live['count']} ({live['where']})"
+
+
+def page_updates(updates: Iterable[tuple[Any, ...]]) -> Iterator[tuple[Any, ...]]:
+    """A run's updates for the page, then the run button's label ("Generating… stage 1 of 2: 4 of 16").
+
+    The first step clears the previous run's cloud, mesh and files, so they never pass for this one's;
+    a failure before it (bad input) leaves them.
+    """
+    cleared = False
+    for cloud, mesh, files, seed, status in updates:
+        live = LIVE.match(status) if isinstance(status, str) else None
+        label: Any = gr.skip()
+        if live and live["where"].startswith(LIVE_STAGES):
+            where = live["where"].split(":")[0]  # "Stage 1 of 2", "Mesh", "Downloading the Point-E checkpoints (MB)"
+            label = running_label(f"{where.lower()}, step {live['count']}" if where.startswith("Stage") else where)
+            if not cleared:
+                cloud, mesh, files, cleared = None, None, None, True
+        yield cloud, mesh, files, seed, status, label
 
 
 def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> Points3DTab:
@@ -108,7 +147,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
                 )
                 # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
                 image = gr.File(label="Image", file_types=["image"], type="filepath")
-                run_image = gr.Button("Generate from the image", variant="primary", interactive=bool(image_wrappers))
+                run_image = gr.Button(IMAGE_RUN, variant="primary", interactive=bool(image_wrappers))
             notes = gr.Markdown(model_notes(first))
             preset = gr.Radio(
                 list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
@@ -123,8 +162,8 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
             with gr.Row(equal_height=True):
                 make_mesh = gr.Checkbox(value=False, label="Make a mesh", info="SDF model + marching cubes; GLB, OBJ, STL")
                 mesh_grid = setting_slider(first, "mesh_grid", "Mesh grid (samples per axis)", step=8)
-            stop = gr.Button("Stop", variant="stop")
-        with gr.Column():
+            stop = gr.Button("Stop", variant="stop", interactive=False)
+        with gr.Column(elem_id="pointcloud-output"):
             viewer = gr.Model3D(label="Point cloud", display_mode="point_cloud", clear_color=(0.1, 0.1, 0.12, 1.0))
             mesh_viewer = gr.Model3D(label="Mesh (with Make a mesh)", display_mode="solid", clear_color=(0.1, 0.1, 0.12, 1.0))
             stats = gr.Markdown()
@@ -213,15 +252,15 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
         prompt: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
         mesh_grid: float, progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:  # fmt: skip
-        yield from generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
+        run = generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
+        yield from page_updates(errors_in_place(run, outputs=5))
 
     def generate_from_image_page(
         image: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
         mesh_grid: float, progress: gr.Progress = gr.Progress(),
     ) -> Iterator[Any]:  # fmt: skip
-        yield from generate_3d_from_image(
-            image, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress
-        )
+        run = generate_3d_from_image(image, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
+        yield from page_updates(errors_in_place(run, outputs=5))
 
     def api_settings(wrapper: PointEWrapper) -> list[Any]:
         """The API's optional parameters after `model`, in the handlers' order."""
@@ -234,18 +273,26 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
         ]
 
     outputs = [viewer, mesh_viewer, downloads, seed_used, stats]
+    show_running([run.click, prompt.submit], run, stop)
+    show_running([run_image.click], run_image, stop)
+
+    def stopped(status: str | None) -> tuple[Any, ...]:
+        """Stop's own updates: the status says where the run stopped, and the buttons are idle again (a
+        cancelled run's `.then` never fires)."""
+        (text_idle, stop_idle), (image_idle, _) = idle_buttons(), idle_buttons(IMAGE_RUN)
+        return stopped_line(status), text_idle, image_idle, stop_idle
     event = gr.on(
         [run.click, prompt.submit],
         generate_from_page,
         [prompt, model, guidance, steps, seed, randomise, make_mesh, mesh_grid],
-        outputs,
+        [*outputs, run],
         api_visibility="private",
         concurrency_id=DEVICE_QUEUE,
     )
     image_inputs = [image, image_model, guidance, steps, seed, randomise, make_mesh, mesh_grid]
     image_events = [
         run_image.click(
-            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
+            generate_from_image_page, image_inputs, [*outputs, run_image], api_visibility="private", concurrency_id=DEVICE_QUEUE
         )
     ]
     if text_wrappers:
@@ -256,15 +303,19 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
         api_endpoint(generate_3d_from_image, endpoint_inputs, outputs, api_name="generate_3d_from_image")
 
     def run_from_image(after: Any) -> Any:
+        show_running([after.then], run_image, stop)
         chained = after.then(
-            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
+            generate_from_image_page, image_inputs, [*outputs, run_image], api_visibility="private", concurrency_id=DEVICE_QUEUE
         )
         image_events.append(chained)
-        stop.click(None, cancels=[chained], api_visibility="private")
+        show_idle([chained], run_image, stop, label=IMAGE_RUN)
+        stop.click(stopped, stats, [stats, run, run_image, stop], cancels=[chained], api_visibility="private")
         return chained
 
+    show_idle([event], run, stop)
+    show_idle(image_events, run_image, stop, label=IMAGE_RUN)
     # Stop cancels this browser's own events; closing a generator sets its stop flag and ends the lease.
-    stop.click(None, cancels=[event, *image_events], api_visibility="private")
+    stop.click(stopped, stats, [stats, run, run_image, stop], cancels=[event, *image_events], api_visibility="private")
 
     def current(source_value: str, text_model: str | None, picture_model: str | None) -> PointEWrapper:
         return pick(wrappers, text_model if source_value == FROM_TEXT else picture_model)

@@ -3,7 +3,9 @@
 `MusicgenForConditionalGeneration.generate` decodes audio only at the end, and in transformers 5 a
 `streamer` gets only the first `put()`. So streaming goes through a stopping criterion that never stops:
 it is called after every step with the growing token matrix, undoes MusicGen's delay pattern, and
-decodes the new frames with EnCodec. The same criterion checks the request's stop event.
+decodes the new frames with EnCodec. The same criterion checks the request's stop flags: closing the
+generator abandons the run, while the `interrupt` flag a page's Stop sets ends it at the next frame and
+keeps what was made, decoded to the last complete frame and written as a WAV like a finished clip.
 
 Chunks are decoded in overlapping windows (`ChunkDecoder`): each window starts `context_frames` before
 the first new frame (EnCodec's LSTM and convolutions look back) and the last `holdback_frames` are kept
@@ -66,6 +68,7 @@ class MusicProgress:
     wall_seconds: float
     seed: int  # the one used (a random one when the request asked for -1)
     done: bool = False
+    stopped: bool = False  # on the final item: `interrupt` ended the run early (the audio is what was made)
     audio: np.ndarray | None = None  # (prompts, samples): every chunk joined, on the final item only
     paths: tuple[Path, ...] = ()  # the WAV files written, on the final item only
 
@@ -115,10 +118,11 @@ class ChunkDecoder:
         rows = [ids[:, k, start + 1 + k : stop + 1 + k] for k in range(K)]  # K x (B, stop - start)
         return torch.stack(rows, dim=1)[None]  # (1, B, K, stop - start)
 
-    def step(self, input_ids: Any) -> np.ndarray | None:
-        """Decode the next chunk if enough new frames are complete (all remaining ones at the end)."""
+    def step(self, input_ids: Any, flush: bool = False) -> np.ndarray | None:
+        """Decode the next chunk if enough new frames are complete (all remaining ones at the end, or when
+        `flush`: the run stops here)."""
         done = self.complete_frames(input_ids)
-        final = done == self.frames
+        final = flush or done == self.frames
         end = done if final else done - self.holdback_frames
         if end <= self.emitted or (not final and end - self.emitted < self.chunk_frames):
             return None
@@ -131,8 +135,9 @@ class ChunkDecoder:
         self.chunks.append(chunk)
         return chunk
 
-    def audio(self) -> np.ndarray:
-        return np.concatenate(self.chunks, axis=1)
+    def audio(self, batch: int) -> np.ndarray:
+        """Every chunk joined, (batch, samples); no samples when stopped before the first frame."""
+        return np.concatenate(self.chunks, axis=1) if self.chunks else np.zeros((batch, 0), np.float32)
 
 
 class TransformersMusicgen(Wrapper):
@@ -211,9 +216,13 @@ class TransformersMusicgen(Wrapper):
         return rows * 4 * tokens * 8 + kv_cache + waveform
 
     def generate(
-        self, prompt: str, on_step: OnStep | None = None, **overrides: Any
+        self, prompt: str, on_step: OnStep | None = None, interrupt: threading.Event | None = None, **overrides: Any
     ) -> Generator[MusicProgress, None, None]:
-        """Stream audio for `prompt`; closing the generator stops generation and ends the lease."""
+        """Stream audio for `prompt`; closing the generator abandons the run and ends the lease.
+
+        Setting `interrupt` (a page's Stop) ends the run at the next frame instead and keeps the audio
+        made so far: the final item then has `stopped=True` and, with any audio, its WAV files.
+        """
         # 1. Check inputs
         settings = self.settings(**overrides)
         prompts = self.check_inputs(prompt, settings)
@@ -221,7 +230,7 @@ class TransformersMusicgen(Wrapper):
         # 2. Generate inside a lease, streaming chunks; the manager retries once after an early OOM
         working = self.working_bytes(len(prompts), settings)
         final: MusicProgress | None = None
-        for progress in self.manager.stream(self, lambda model: self._timed(model, prompts, settings, on_step), working):
+        for progress in self.manager.stream(self, lambda model: self._timed(model, prompts, settings, on_step, interrupt), working):
             if progress.done:
                 final = progress
             else:
@@ -231,14 +240,19 @@ class TransformersMusicgen(Wrapper):
             yield self.postprocess(final, prompts, settings)
 
     def _timed(
-        self, model: LoadedMusicgen, prompts: list[str], settings: MusicSettings, on_step: OnStep | None
+        self,
+        model: LoadedMusicgen,
+        prompts: list[str],
+        settings: MusicSettings,
+        on_step: OnStep | None,
+        interrupt: threading.Event | None,
     ) -> Iterator[MusicProgress]:
         started = time.perf_counter()
         rate = int(model.model.config.audio_encoder.sampling_rate)
         decoder: ChunkDecoder | None = None
 
         def work(emit: Callable[[np.ndarray], None], stop: threading.Event) -> ChunkDecoder:
-            return self._stream_audio(model, prompts, settings, emit, stop, on_step)
+            return self._stream_audio(model, prompts, settings, emit, stop, on_step, interrupt)
 
         pieces = stream_from_thread(work)
         seconds = 0.0
@@ -249,10 +263,11 @@ class TransformersMusicgen(Wrapper):
                 yield MusicProgress(chunk, rate, seconds, settings.duration, time.perf_counter() - started, settings.seed)
         except StopIteration as end:
             decoder = end.value
-        audio = decoder.audio()
+        audio = decoder.audio(len(prompts))
         wall = time.perf_counter() - started
+        stopped = decoder.emitted < decoder.frames
         yield MusicProgress(
-            audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, settings.seed, done=True, audio=audio
+            audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, settings.seed, True, stopped, audio
         )
 
     def generation_inputs(self, model: LoadedMusicgen, prompts: list[str]) -> dict[str, Any]:
@@ -266,8 +281,10 @@ class TransformersMusicgen(Wrapper):
         emit: Callable[[np.ndarray], None],
         stop: threading.Event,
         on_step: OnStep | None,
+        interrupt: threading.Event | None,
     ) -> ChunkDecoder:
-        """Generate in the worker thread: `emit` chunks, end soon after `stop` is set."""
+        """Generate in the worker thread: `emit` chunks, end soon after `stop` is set, and after `interrupt`
+        at the next frame, with the frames made so far decoded."""
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
@@ -287,17 +304,18 @@ class TransformersMusicgen(Wrapper):
         )
 
         class DecodeEveryStep(StoppingCriteria):
-            """Never stops on its own: decodes new chunks, reports progress, and obeys `stop`."""
+            """Never stops on its own: decodes new chunks, reports progress, and obeys `stop` and `interrupt`."""
 
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
                 if stop.is_set():
                     raise _Halt
-                chunk = decoder.step(input_ids)
+                interrupted = interrupt is not None and interrupt.is_set()
+                chunk = decoder.step(input_ids, flush=interrupted)
                 if chunk is not None:
                     emit(chunk)
                 if on_step is not None:
                     on_step(decoder.complete_frames(input_ids), frames)
-                if decoder.emitted == frames:
+                if interrupted or decoder.emitted == frames:
                     raise _Halt  # all decoded: skip generate's own whole-sequence decode
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
@@ -321,17 +339,21 @@ class TransformersMusicgen(Wrapper):
         return decoder
 
     def postprocess(self, final: MusicProgress, prompts: list[str], settings: MusicSettings) -> MusicProgress:
-        """Write one 16-bit WAV per prompt under the host's output folder, its parameters in RIFF INFO."""
+        """Write one 16-bit WAV per prompt under the host's output folder, its parameters in RIFF INFO
+        (a stopped run's too, with the seconds it stopped after; none when it made no audio)."""
         import soundfile
 
         assert final.audio is not None
+        if final.audio.shape[1] == 0:
+            return final
+        used = {"stopped_after_seconds": round(final.seconds, 2)} if final.stopped else {}
         folder = self.host.output_dir / "music"
         folder.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         paths = []
         for index, samples in enumerate(final.audio):
             path = folder / f"{stamp}-{self.entry.id}-seed{settings.seed}-{index + 1}.wav"
-            parameters = generation_parameters(self.entry, prompts[index], settings)
+            parameters = generation_parameters(self.entry, prompts[index], settings, **used)
             with soundfile.SoundFile(path, "w", final.sampling_rate, 1, subtype="PCM_16") as wav:
                 for info_field, text in riff_info(parameters).items():
                     setattr(wav, info_field, text)  # soundfile writes these as the RIFF INFO chunk
