@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -196,26 +198,75 @@ def test_an_image_error_stays_in_the_status_line_and_keeps_the_result(browser: o
     page.close()
 
 
-# -- Stop is a result: the status line says where the run stopped -----------------------------------
+# -- Stop is a result: the status line says where the run stopped, and nothing earlier passes for it ----
 
-STOPS = {  # tab -> (the longest-run setting and its value, the live status, the stopped status)
-    "image": ("Steps", "150", "Denoising: step", "Stopped at step"),
-    "music": ("Duration (s)", "30", "Generating:", "Stopped after"),
+STOPS = {  # tab -> (the run's length setting: short, longest; the live status; the stopped status)
+    "image": ("Steps", "1", "150", "Denoising: step", "Stopped at step"),
+    "music": ("Duration (s)", "1", "30", "Generating:", "Stopped after"),
+    "pointcloud": ("Steps per stage", "1", "256", "Stage 1 of 2", "Stopped at step"),
 }
 
 
+def served_files(output: object) -> set[str]:
+    """The files an output area shows or offers (Gradio serves each as /gradio_api/file=PATH)."""
+    return set(re.findall(r"/gradio_api/file=([^\"'&?]+)", output.inner_html()))
+
+
+def set_number(panel: object, label: str, value: str) -> None:
+    box = panel.get_by_label(f"number input for {label}")
+    box.fill(value)
+    box.press("Enter")
+
+
 @pytest.mark.parametrize("tab", sorted(STOPS))
-def test_stop_says_where_the_run_stopped(browser: object, tiny_app: AppServer, tab: str) -> None:
-    setting, longest, live, stopped = STOPS[tab]
+def test_stop_is_a_result(browser: object, tiny_app: AppServer, tab: str) -> None:
+    setting, short, longest, live, stopped = STOPS[tab]
     page = open_page(browser, tiny_app.url, DESKTOP)
     open_tab(page, tab)
-    page.get_by_label("Prompt").first.fill("a slow crescendo")
-    page.get_by_label(f"number input for {setting}").fill(longest)
-    page.get_by_label(f"number input for {setting}").press("Enter")
-    page.get_by_role("button", name="Generate", exact=True).click()
+    panel = page.get_by_role("tabpanel")  # the open tab: the others' controls are hidden
     output = page.locator(f"#{tab}-output")
-    output.get_by_text(live).wait_for(timeout=SLOW)
-    page.get_by_role("button", name="Stop", exact=True).click()
-    output.get_by_text(stopped).wait_for(timeout=SLOW)
+    run = panel.get_by_role("button", name="Generate", exact=True)
+    stop = panel.get_by_role("button", name="Stop", exact=True)
+    panel.get_by_label("Prompt").first.fill("a slow crescendo")
+    assert stop.is_disabled(), "Stop is enabled with no run live"
+
+    # A finished run first: its files must not come back as the stopped run's
+    set_number(panel, setting, short)
+    run.click()
+    output.get_by_text("Done").first.wait_for(timeout=SLOW)
+    earlier = served_files(output)
+    assert earlier, f"the finished {tab} run shows no file"
+    page.wait_for_function("button => button.disabled", arg=stop.element_handle(), timeout=SLOW)
+
+    set_number(panel, setting, longest)
+    panel.get_by_role("button", name="Generate", exact=True).click()
+    output.get_by_text(live).first.wait_for(timeout=SLOW)
+    assert stop.is_enabled(), "Stop is disabled while a run is live"
+    label = panel.get_by_role("button", name="Generating…").inner_text()
+    assert re.search(r"\d+(\.\d+)?( s)? of \d+", label), f"the run button does not count: {label!r}"
+
+    started = time.monotonic()
+    stop.click()
+    output.get_by_text(stopped).first.wait_for(timeout=SLOW)
+    stopped_after = time.monotonic() - started
     assert output.get_by_text(live).count() == 0 and output.get_by_text("Done").count() == 0
+    page.wait_for_function("button => button.disabled", arg=stop.element_handle(), timeout=SLOW)
+    assert run.is_visible(), "the run button still says Generating… after Stop"
+    shown = served_files(output)
+    assert not shown & earlier, f"the earlier run's {sorted(shown & earlier)} reappeared after Stop"
+
+    if tab == "music":  # the audio made so far is the result: a playable, downloadable clip, at once
+        assert stopped_after < 2, f"Music took {stopped_after:.1f} s to stop"
+        clip = output.locator(".music-player a[href]").first.get_attribute("href")
+        assert clip and clip.endswith(".wav") and clip.split("file=")[1] in shown
+        seconds = page.evaluate(PLAYABLE, clip)
+        assert 0 < seconds < 30, f"the stopped clip plays {seconds} s"
     page.close()
+
+
+#: Load a file into a new <audio> element: its duration in seconds, or -1 when it cannot play.
+PLAYABLE = """src => new Promise(done => {
+    const audio = new Audio(src);
+    audio.onloadedmetadata = () => done(audio.duration);
+    audio.onerror = () => done(-1);
+})"""

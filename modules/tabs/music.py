@@ -7,10 +7,12 @@ import math
 import shutil
 import threading
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio.data_classes import FileData
 
 from modules.tabs.common import (
     DEVICE_QUEUE,
@@ -51,6 +53,22 @@ def wav_bytes(samples: np.ndarray, sampling_rate: int) -> bytes:
 
 
 GENERATING = "Generating: "
+
+
+def served_as_is(player: gr.Audio) -> gr.Audio:
+    """A player that serves our WAV files as they are: they are 16-bit PCM, which every browser plays, so
+    Gradio's check of each (an ffprobe subprocess, slow on a busy machine) only delays the result.
+
+    The instance's `postprocess` is wrapped rather than the class subclassed (see `named_errors`)."""
+    postprocess = player.postprocess
+
+    def as_is(value: Any) -> Any:
+        if isinstance(value, str) and value.endswith(".wav"):
+            return FileData(path=value, orig_name=Path(value).name)
+        return postprocess(value)
+
+    player.postprocess = as_is  # type: ignore[method-assign]
+    return player
 
 
 def status_line(progress: MusicProgress, model_name: str) -> str:
@@ -97,9 +115,11 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             )
             status = gr.Markdown()
             players = [
-                gr.Audio(
-                    label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"],
-                    elem_classes="music-player",
+                served_as_is(
+                    gr.Audio(
+                        label=f"Prompt {i + 1}", type="filepath", interactive=False, visible=i == 0, buttons=["download"],
+                        elem_classes="music-player",
+                    )
                 )
                 for i in range(first.max_batch)
             ]
@@ -133,6 +153,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         quiet = (gr.skip(),) * (len(players) + 1)
         for item in wrapper.generate(prompt, on_step=on_step, interrupt=interrupt, seed=seed, **settings):
             if not item.done:
+                if interrupt is not None and interrupt.is_set():
+                    continue  # stopped: the clip so far comes next, sooner without this chunk's encoding
                 chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
                 yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
                 continue
