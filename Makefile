@@ -15,7 +15,7 @@ LLAMA_BUILT = $(WHEELS)/.$(subst ==,-,$(LLAMA_CPP)).built
 GLTF_VALIDATOR ?= gltf-validator@2.0.0-dev.3.10
 VALIDATOR      := .cache/node/node_modules/gltf-validator/package.json
 
-.PHONY: run tiny test bench gpu-check-cpu gpu-wheels setup setup-dev system-packages llama llama-wheel llama-site clean
+.PHONY: run tiny test bench screenshots gpu-check-cpu gpu-wheels setup setup-dev system-packages llama llama-wheel llama-site clean
 
 run: setup $(if $(filter 1 yes true,$(LLAMA)),llama)
 	$(PY) app.py --port $(PORT) $(ARGS)
@@ -29,6 +29,10 @@ test: setup-dev system-packages $(VALIDATOR)
 
 bench: setup-dev
 	for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
+
+# The README's screenshots (docs/screenshot-*.png): the real app on --tiny, driven by the tests' Playwright code.
+screenshots: setup-dev system-packages
+	$(PY) docs/screenshots.py
 
 # The GPU check (bench/gpu_check.py) on this CPU at tiny sizes; CI runs it through tests/test_gpu_check.py.
 gpu-check-cpu: setup
