@@ -87,8 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--behind-proxy",
         action="store_true",
-        help="a reverse proxy on this machine appends the visitor's address to X-Forwarded-For "
-        "(implied by --share and on a Hugging Face Space); clients are told apart by it",
+        help="the app is reachable only through a reverse proxy that appends the visitor's address to "
+        "X-Forwarded-For (implied on a Hugging Face Space; --share's tunnel needs nothing): clients are told apart by it",
     )
     parser.add_argument("--max-image-side", type=int, default=1024, help="largest image width or height a request may ask for")
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000, help="uploads declaring more pixels are refused")
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     # One fair queue for the device: every request that runs a model waits in it (modules/serving/).
     serving = Serving(
         FairQueue(max_waiting=args.queue_size, quota=Quota(args.quota_seconds, args.quota_window * 60)),
-        trust_forwarded=args.share or args.behind_proxy or access.space_owner is not None,
+        trust_forwarded=args.behind_proxy or "SPACE_ID" in os.environ,
     )
     demo = build_app(catalog, manager, wrappers, serving, access)
     if args.share and not auth:

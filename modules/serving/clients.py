@@ -7,19 +7,21 @@
   client: give a room logins (`--auth`) to tell them apart.
 
 Where the address comes from:
-- Directly connected: the socket's peer address.
-- Through `--share`: Gradio's tunnel client connects from this machine, so every visitor's peer is
-  127.0.0.1. The share server (an frp HTTP proxy) appends the visitor's address to `X-Forwarded-For`.
-- On a Hugging Face Space: the Space's proxy does the same.
-In those two cases (`trust_forwarded`), and only when the peer itself is loopback (the local tunnel or
-proxy), the *last* `X-Forwarded-For` entry is used: it is the one our own proxy appended, whereas
-anything before it was sent by the visitor and could be forged. Otherwise the header is ignored, so a
-visitor cannot pick a new identity by sending one.
+- Gradio's server (uvicorn) takes the socket's peer, except from a trusted proxy (by default 127.0.0.1;
+  `$FORWARDED_ALLOW_IPS` changes that), where it takes the last `X-Forwarded-For` entry that is not
+  itself a trusted proxy: the address the proxy saw. Entries before it were sent by the visitor and
+  could be forged, so they are never used.
+- Through `--share` that is what happens: Gradio's tunnel client connects from 127.0.0.1, and the share
+  server (an frp HTTP proxy) appends the visitor's address.
+- On a Hugging Face Space, the Space's proxy connects from an address of its own and appends the
+  visitor's; the Space is reachable only through it, so there (and with `--behind-proxy`, for a proxy
+  of the host's own on another address: `trust_forwarded`) the last entry is taken from any peer.
+- A person on this machine could send their own `X-Forwarded-For` over loopback; they can reach the
+  machine anyway.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Protocol
 
 UNKNOWN = "unknown"
@@ -39,25 +41,16 @@ class RequestLike(Protocol):
     def client(self) -> _Client | None: ...
 
 
-def _is_loopback(address: str) -> bool:
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return address == "localhost"
-
-
 def client_address(request: RequestLike | None, trust_forwarded: bool) -> str:
     """The visitor's address, read as the module docstring explains."""
     if request is None or request.client is None:
         return UNKNOWN
-    peer = request.client.host
-    if trust_forwarded and _is_loopback(peer):
+    if trust_forwarded:
         forwarded = request.headers.get("x-forwarded-for")  # type: ignore[attr-defined]
-        if forwarded:
-            last = forwarded.split(",")[-1].strip()
-            if last:
-                return last
-    return peer
+        last = forwarded.split(",")[-1].strip() if forwarded else ""
+        if last:
+            return last
+    return request.client.host
 
 
 def client_id(request: RequestLike | None, trust_forwarded: bool, username: str | None = None) -> str:
