@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gradio_client import Client
+from PIL import Image
+from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
@@ -77,6 +78,21 @@ def test_waits_are_estimated_from_this_kinds_measured_rate_and_the_work_ahead() 
     # b's run: 5 s estimated, 1 s of it gone.
     assert queue.place(third).wait_seconds == pytest.approx(4.0)
     assert "1 request before yours, about 4 s" in queue.place(third).describe()
+
+
+def test_requests_that_can_share_a_pass_go_onto_the_device_together() -> None:
+    clock = Clock()
+    queue = FairQueue(clock=clock, max_batch=3)
+    busy = queue.join("a", "image:tiny")
+    same = [queue.join(client, "caption:tiny", batch_key="beam") for client in ("b", "c", "d", "e")]
+    other = queue.join("f", "caption:tiny", batch_key="nucleus")
+    queue.leave(busy)
+    assert [t.granted_at is not None for t in same] == [True, True, True, False]  # up to max_batch
+    assert other.granted_at is None and queue.state().running == 3
+    for ticket in same[:3]:
+        queue.leave(ticket)
+    # e and f were never served: the older ticket (e's) goes first, alone, as no other "beam" waits.
+    assert same[3].granted_at is not None and other.granted_at is None and queue.state().running == 1
 
 
 def test_a_full_queue_refuses_newcomers_and_a_left_ticket_frees_its_place() -> None:
@@ -222,3 +238,31 @@ def test_a_quota_refuses_with_the_wait_and_a_new_session_does_not_dodge_it(behin
     assert neighbour.predict(api_name="/system_queue")["used_seconds"] == 0
     _, files, _, _ = neighbour.predict("a dog", api_name="/generate_image")
     assert files
+
+
+# -- batching ----------------------------------------------------------------------------------------------
+
+
+def test_captions_waiting_together_run_in_one_pass_each_with_its_own_result(tiny_app: AppServer, tmp_path: Path) -> None:
+    pictures = []
+    for i, colour in enumerate([(200, 30, 30), (30, 200, 30), (30, 30, 200)]):
+        pictures.append(tmp_path / f"picture-{i}.png")
+        Image.new("RGB", (48, 40), colour).save(pictures[-1])
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not a picture")
+    alone = [tiny_app.client().predict(handle_file(str(p)), api_name="/caption")[1] for p in pictures]
+
+    # Four visitors (told apart by the address the share tunnel saw) ask while the device is busy.
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    visitors = [Client(tiny_app.url, headers={"X-Forwarded-For": f"10.0.1.{i}"}, verbose=False) for i in range(4)]
+    jobs = [v.submit(handle_file(str(p)), api_name="/caption") for v, p in zip(visitors, [*pictures, not_an_image])]
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["waiting"] == 4, what="the captions to wait")
+    busy.result(timeout=300)
+
+    for job, expected in zip(jobs[:3], alone):
+        _, text, stats = job.result(timeout=300)
+        assert text == expected  # beam search: the same caption as when it ran alone
+        assert "one pass with 2 other requests" in stats
+    with pytest.raises(AppError, match="image"):  # the bad upload fails alone, before the pass
+        jobs[3].result(timeout=300)

@@ -5,6 +5,9 @@ visitor's address; see clients.py) has a line of its own, and the device goes to
 served least recently (InvokeAI's multi-user queue works the same way). A client with ten waiting
 requests therefore delays a client with one by at most one request, whatever the order they came in.
 
+Requests that can share one forward pass (the same `batch_key`: same model and settings) go onto the
+device together when the first of them gets its turn, as one run; each rider's client counts as served.
+
 Each request says what `kind` of work it is and how much (`work`: steps, seconds of audio, ...). The
 queue learns each kind's seconds per unit of work from the runs it has seen, which gives every waiting
 request an estimated wait, and a ZeroGPU duration (zerogpu.py) computed from the request itself.
@@ -19,7 +22,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -39,6 +42,8 @@ class Ticket:
     kind: str
     work: float
     number: int
+    batch_key: Hashable | None = None
+    group: int = -1  # the number of the ticket whose turn this one runs in (its own, or a batch's first)
     granted_at: float | None = None
     refused: Exception | None = None  # set when the client went over quota while it waited
     done: bool = False
@@ -80,8 +85,10 @@ class FairQueue:
         max_waiting: int = 64,
         quota: Quota | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_batch: int = 8,
     ) -> None:
         self.slots = slots
+        self.max_batch = max_batch
         self.max_waiting = max_waiting
         self.quota = quota or Quota()
         self._clock = clock
@@ -93,13 +100,14 @@ class FairQueue:
 
     # -- a request's life: join, wait for the turn, leave ------------------------------------------------
 
-    def join(self, client: str, kind: str, work: float = 1.0) -> Ticket:
-        """Take a ticket; QueueFull or OverQuota (with the exact wait) when the request cannot wait."""
+    def join(self, client: str, kind: str, work: float = 1.0, batch_key: Hashable | None = None) -> Ticket:
+        """Take a ticket; QueueFull or OverQuota (with the exact wait) when the request cannot wait.
+        Requests with the same (non-None) `batch_key` may run together in one turn."""
         with self._changed:
             self.quota.check(client, self._clock())
             if self._waiting_count() >= self.max_waiting:
                 raise QueueFull(f"The queue is full ({self.max_waiting} requests waiting); try again shortly.")
-            ticket = Ticket(client, kind, max(work, 1e-9), next(self._numbers))
+            ticket = Ticket(client, kind, max(work, 1e-9), next(self._numbers), batch_key)
             self._lines.setdefault(client, _Line()).tickets.append(ticket)
             self._dispatch()
             return ticket
@@ -199,23 +207,38 @@ class FairQueue:
 
     def _dispatch(self) -> None:
         """Give free slots to the next clients in the rotation (called with the lock held)."""
-        while len(self._running) < self.slots:
+        while len({ticket.group for ticket in self._running}) < self.slots:
             client = self._next_client(self._lines)
             if client is None:
                 break
-            line = self._lines[client]
-            ticket = line.tickets.popleft()
-            now = self._clock()
-            try:
-                self.quota.check(client, now)
-            except OverQuota as refusal:  # went over while waiting: its later tickets will be refused too
-                ticket.refused = refusal
-                continue
-            ticket.granted_at = line.last_served = now
-            self._running.append(ticket)
+            ticket = self._lines[client].tickets.popleft()
+            if self._grant(ticket, ticket.number) and ticket.batch_key is not None:
+                self._grant_riders(ticket)
         for client in [client for client, line in self._lines.items() if not line.tickets and line.last_served == -math.inf]:
             del self._lines[client]  # never served and nothing waiting: nothing to remember
         self._changed.notify_all()
+
+    def _grant(self, ticket: Ticket, group: int) -> bool:
+        now = self._clock()
+        try:
+            self.quota.check(ticket.client, now)
+        except OverQuota as refusal:  # went over while waiting: its later tickets will be refused too
+            ticket.refused = refusal
+            return False
+        ticket.granted_at = self._lines[ticket.client].last_served = now
+        ticket.group = group
+        self._running.append(ticket)
+        return True
+
+    def _grant_riders(self, first: Ticket) -> None:
+        """Waiting tickets that can share `first`'s pass run in its turn (oldest first, up to max_batch)."""
+        riders = sorted(
+            (t for line in self._lines.values() for t in line.tickets if t.batch_key == first.batch_key),
+            key=lambda t: t.number,
+        )[: self.max_batch - 1]
+        for rider in riders:
+            self._lines[rider.client].tickets.remove(rider)
+            self._grant(rider, first.number)
 
     def _learn(self, kind: str, seconds_per_unit: float) -> None:
         old = self._rates.get(kind)

@@ -49,7 +49,15 @@ class CaptionTab:
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
     notes = f" · note: {'; '.join(result.notes)}" if result.notes else ""
-    return f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
+    together = f" · one pass with {result.batch - 1} other request{'s' if result.batch > 2 else ''}" if result.batch > 1 else ""
+    return (
+        f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · "
+        f"{model_name}{together}{notes}"
+    )
+
+
+#: Captions that agree on these run together, in one forward pass, when they wait at the same time.
+BATCH_BY = ("model", "prefix", "decoding", "num_beams", "top_p", "temperature", "max_new_tokens")
 
 
 def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serving: Serving) -> CaptionTab:
@@ -137,7 +145,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
 
     outputs = [seen, caption_text, stats]
     event = run.click(
-        on_device(serving, caption_from_page, "caption", status_update(3), default=default),
+        on_device(serving, caption_from_page, "caption", status_update(3), default=default, batch=BATCH_BY),
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
         outputs,
         api_name="caption_from_page",  # private; the public name belongs to the API endpoint below
@@ -163,6 +171,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         api_name="caption",
         kind="caption",
         default=default,
+        batch=BATCH_BY,
     )
     stop.click(None, cancels=[event], api_visibility="private")
 

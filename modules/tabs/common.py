@@ -7,7 +7,7 @@ import html
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar, get_type_hints
 
 import gradio as gr
@@ -262,6 +262,7 @@ def on_device(
     work: Work | None = None,
     default: str | None = None,
     refused: Callable[[str], Any] | None = None,
+    batch: Sequence[str] = (),
 ) -> Callable[..., Iterator[Any]]:
     """`fn` (a generator handler) run in its turn from the device's fair queue, for any event.
 
@@ -270,6 +271,8 @@ def on_device(
     through the API. The turn ends however the handler does: finished, failed, stopped or its client
     gone. The queue learns the rate of `kind` per model (`default` when the request names none), in
     units of `work(arguments)` (default: 1 per request); the same estimate sizes a ZeroGPU request.
+    Requests whose arguments named in `batch` are equal may run together in one turn (the wrapper then
+    batches them).
 
     The handler's signature gains a `request: gr.Request` parameter, which Gradio fills in.
     """
@@ -293,7 +296,8 @@ def on_device(
         request = arguments.pop("request", None)
         call = signature.bind(**arguments)
         try:
-            ticket = serving.queue.join(serving.client(request), *describe(call.arguments))
+            together = (kind, *(repr(call.arguments.get(name)) for name in batch)) if batch else None
+            ticket = serving.queue.join(serving.client(request), *describe(call.arguments), batch_key=together)
         except (QueueFull, OverQuota) as refusal:
             yield from refuse(refusal)
             return
@@ -333,6 +337,7 @@ def api_endpoint(
     kind: str,
     work: Work | None = None,
     default: str | None = None,
+    batch: Sequence[str] = (),
 ) -> None:
     """A named API and MCP endpoint that takes its turn in the device's fair queue; nothing on the page
     triggers it. Its last output is its status line, where waiting requests see their place.
@@ -340,7 +345,7 @@ def api_endpoint(
     Its inputs are the API's own (the main input, then `api_*` parameters), so API callers get one
     vocabulary and the chosen model's defaults, while the page keeps its own controls and events.
     """
-    handler = on_device(serving, fn, kind, status_update(len(outputs)), page=False, work=work, default=default)
+    handler = on_device(serving, fn, kind, status_update(len(outputs)), page=False, work=work, default=default, batch=batch)
     gr.Button(visible=False).click(handler, inputs, outputs, api_name=api_name, **DEVICE_EVENT)
 
 
