@@ -19,6 +19,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
+from modules.serving.zerogpu import gpu_seconds, on_gpu
 from tests.conftest import AppServer
 
 
@@ -266,3 +267,17 @@ def test_captions_waiting_together_run_in_one_pass_each_with_its_own_result(tiny
         assert "one pass with 2 other requests" in stats
     with pytest.raises(AppError, match="image"):  # the bad upload fails alone, before the pass
         jobs[3].result(timeout=300)
+
+
+# -- ZeroGPU -----------------------------------------------------------------------------------------------
+
+
+def test_zerogpu_asks_for_the_measured_estimate_with_margin_and_is_a_no_op_elsewhere() -> None:
+    clock = Clock()
+    queue = FairQueue(clock=clock)
+    with queue.turn("a", "image:sd", work=20):
+        clock.now += 10.0  # 0.5 s per step measured
+    assert gpu_seconds(queue.estimate("image:sd", 40)) == 60  # 20 s * 1.5 + 30 s for a load
+    assert gpu_seconds(queue.estimate("music:unseen", 10)) == 120  # nothing measured yet
+    assert gpu_seconds(queue.estimate("image:sd", 10_000)) == 300  # ZeroGPU's longest
+    assert on_gpu(grant_order, duration=lambda *args: 60) is grant_order  # not on ZeroGPU here

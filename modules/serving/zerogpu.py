@@ -5,12 +5,13 @@ most the `duration` it asked for; asking too little cuts the run, asking too muc
 daily GPU quota and their place in ZeroGPU's own queue. The duration is computed per request from its
 work (steps, seconds of audio, ...) and the rate the fair queue has measured for that kind of work.
 
-Without the `spaces` package, or off ZeroGPU (where `spaces.GPU` returns the function unchanged), this
-changes nothing.
+Off ZeroGPU (which sets `SPACES_ZERO_GPU=true`; elsewhere `spaces.GPU` returns the function unchanged),
+`spaces` is not even imported, and this changes nothing.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -32,12 +33,11 @@ def gpu_seconds(estimate: float | None) -> int:
 
 
 def on_gpu(fn: F, duration: Callable[..., int]) -> F:
-    """`fn` under `spaces.GPU(duration=...)` when the `spaces` package is installed, else `fn` itself.
+    """`fn` under `spaces.GPU(duration=...)` on ZeroGPU, else `fn` itself.
 
     `duration` receives the call's arguments, as `spaces.GPU`'s dynamic durations do.
     """
-    try:
-        import spaces
-    except ImportError:
+    if os.environ.get("SPACES_ZERO_GPU", "").lower() not in ("1", "true"):
         return fn
+    import spaces  # installed on every ZeroGPU Space
     return spaces.GPU(fn, duration=duration)  # type: ignore[no-any-return]
