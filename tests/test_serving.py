@@ -21,6 +21,7 @@ from gradio_client.exceptions import AppError
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
 from tests.conftest import AppServer
+from tests.test_page import DESKTOP, SLOW, browser, open_page, open_tab  # noqa: F401 (browser: a fixture)
 
 
 class Clock:
@@ -281,3 +282,25 @@ def test_zerogpu_asks_for_the_measured_estimate_with_margin_and_is_a_no_op_elsew
     assert gpu_seconds(queue.estimate("music:unseen", 10)) == 120  # nothing measured yet
     assert gpu_seconds(queue.estimate("image:sd", 10_000)) == 300  # ZeroGPU's longest
     assert on_gpu(grant_order, duration=lambda *args: 60) is grant_order  # not on ZeroGPU here
+
+
+# -- in the browser ----------------------------------------------------------------------------------------
+
+
+def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
+    browser: object, tiny_app: AppServer, tmp_path: Path
+) -> None:
+    busy = tiny_app.client().submit("a long picture", steps=60, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, "image")
+    prompt = page.get_by_label("Prompt").first
+    prompt.fill("a lighthouse")
+    prompt.press("Enter")
+    output = page.locator("#image-output")
+    output.get_by_text("Waiting for the device: 1 request before yours").wait_for(timeout=SLOW)
+    page.screenshot(path=str(tmp_path / "waiting.png"))
+    busy.result(timeout=300)
+    output.get_by_text("Done in").wait_for(timeout=SLOW)
+    assert output.get_by_text("Waiting for the device").count() == 0
+    page.close()
