@@ -21,7 +21,8 @@ from gradio_client.exceptions import AppError
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
 from tests.conftest import AppServer
-from tests.test_page import DESKTOP, SLOW, browser, open_page, open_tab  # noqa: F401 (browser: a fixture)
+from tests import test_page
+from tests.test_page import DESKTOP, SLOW, open_page, open_tab
 
 
 class Clock:
@@ -285,6 +286,8 @@ def test_zerogpu_asks_for_the_measured_estimate_with_margin_and_is_a_no_op_elsew
 
 
 # -- in the browser ----------------------------------------------------------------------------------------
+
+browser = test_page.browser  # one headless Chromium for this module, as test_page has
 
 
 def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
