@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from gradio_client import Client, handle_file
@@ -307,3 +308,24 @@ def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
     output.get_by_text("Done in").wait_for(timeout=SLOW)
     assert output.get_by_text("Waiting for the device").count() == 0
     page.close()
+
+
+def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_prompts(tiny_app: AppServer) -> None:
+    requests = [("a red cat", 11, 1), ("a blue dog", 22, 2)]  # prompt, seed, images
+    alone = [tiny_app.client().predict(p, seed=s, batch=n, api_name="/generate_image")[1] for p, s, n in requests]
+
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    visitors = [Client(tiny_app.url, headers={"X-Forwarded-For": f"10.0.2.{i}"}, verbose=False) for i in range(2)]
+    jobs = [v.submit(p, seed=s, batch=n, api_name="/generate_image") for v, (p, s, n) in zip(visitors, requests)]
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["waiting"] == 2, what="the images to wait")
+    busy.result(timeout=300)
+
+    for job, (prompt, seed, count), solo in zip(jobs, requests, alone):
+        _, files, first_seed, stats = job.result(timeout=300)
+        assert "one pass with 1 other request" in stats and first_seed == seed and len(files) == count
+        for path, solo_path in zip(files, solo):
+            assert Image.open(path).info["parameters"].startswith(prompt)
+            shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
+            # The same seed's image as when it ran alone (a batched pass may round a unit differently).
+            assert np.abs(shared - single).max() <= 2
