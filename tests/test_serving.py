@@ -237,6 +237,9 @@ def test_a_quota_refuses_with_the_wait_and_a_new_session_does_not_dodge_it(behin
         wait = int(re.search(r"try again in (\d+) s", str(refused.value)).group(1))
         assert abs(wait - again.predict(api_name="/system_queue")["retry_after"]) <= 1
 
+    # Internal hops after the visitor's public address (as on a Space) are skipped.
+    assert visitor(behind_proxy, "8.8.8.8, 1.1.1.1, 10.1.2.3").predict(api_name="/system_queue")["client"] == "address:1.1.1.1"
+
     # Someone else in the room is not affected.
     neighbour = visitor(behind_proxy, "10.0.0.2")
     assert neighbour.predict(api_name="/system_queue")["used_seconds"] == 0
