@@ -8,8 +8,9 @@ from typing import Any
 
 import gradio as gr
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_choice,
     api_endpoint,
     api_model,
@@ -20,16 +21,19 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_device,
     pick,
     request_seed,
     run_buttons,
     running_label,
+    shared_pass,
     setting_slider,
     settings_panel,
     idle_buttons,
     show_idle,
     show_running,
     step_progress,
+    status_update,
     stepped_outputs,
     user_errors,
 )
@@ -40,6 +44,8 @@ assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
 
 
 DENOISING = "Denoising: step"
+#: Requests that agree on these run together, in one denoising pass, when they wait at the same time.
+BATCH_BY = ("model", "steps", "guidance", "width", "height", "scheduler")
 
 
 def stopped_line(status: str | None) -> Any:
@@ -71,12 +77,18 @@ def stats_line(result: ImageResult, model_name: str) -> str:
     seeds = ", ".join(str(image.seed) for image in result.images) or "–"
     return (
         f"Done in {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
-        f"{result.sampler} · seed {seeds} · {model_name}{withheld}"
+        f"{result.sampler} · seed {seeds} · {model_name}{shared_pass(result.batch)}{withheld}"
     )
 
 
-def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) -> ImageTab:
+def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, serving: Serving) -> ImageTab:
     first = wrappers[default]
+
+    def work(arguments: Mapping[str, Any]) -> float:
+        """Steps times images times pixels (in 512x512 images): what a run's time grows with."""
+        d = wrappers.get(arguments.get("model"), first).defaults
+        size = (arguments.get("width") or d.width) * (arguments.get("height") or d.height) / 512**2
+        return (arguments.get("steps") or d.num_steps) * (arguments.get("batch") or d.batch) * size
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             model = model_dropdown(wrappers, default)
@@ -198,14 +210,15 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
     bring_into_view([run.click, prompt.submit], "image-output")
     event = gr.on(
         [run.click, prompt.submit],
-        generate_from_page,
+        on_device(serving, generate_from_page, "image", status_update(6, 3), work=work, default=default, batch=BATCH_BY),
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
         [*outputs, selected, run],
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
         show_progress_on=gallery,
     )
     api_endpoint(
+        serving,
         generate_image,
         [
             api_text("prompt"),
@@ -221,6 +234,10 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         ],
         outputs,
         api_name="generate_image",
+        kind="image",
+        work=work,
+        default=default,
+        batch=BATCH_BY,
     )
     show_idle([event], run, stop)
     stop.click(

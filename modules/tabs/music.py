@@ -14,8 +14,9 @@ import gradio as gr
 import numpy as np
 from gradio.data_classes import FileData
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_endpoint,
     api_model,
     api_number,
@@ -25,6 +26,7 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_device,
     pick,
     request_seed,
     run_buttons,
@@ -33,6 +35,7 @@ from modules.tabs.common import (
     show_idle,
     show_running,
     running_label,
+    status_update,
     step_progress,
     StopFlags,
     user_errors,
@@ -84,8 +87,12 @@ def status_line(progress: MusicProgress, model_name: str) -> str:
     )
 
 
-def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> None:
     first = wrappers[default]
+
+    def work(arguments: Mapping[str, Any]) -> float:
+        """Seconds of audio: what a run's time grows with."""
+        return arguments.get("duration") or wrappers.get(arguments.get("model"), first).defaults.duration
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             model = model_dropdown(wrappers, default)
@@ -231,14 +238,15 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
     show_running([run.click], run, stop)
     bring_into_view([run.click], "music-output")
     event = run.click(
-        generate_from_page,
+        on_device(serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default),
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
         [*outputs, run],
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
         show_progress_on=live,
     )
     api_endpoint(
+        serving,
         generate_music,
         [
             api_text("prompt"),
@@ -252,6 +260,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         ],
         outputs,
         api_name="generate_music",
+        kind="music",
+        work=work,
+        default=default,
     )
     show_idle([event], run, stop)
     # Stop sets this browser's own flag: the run ends at the next frame and shows the audio made so far.
