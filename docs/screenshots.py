@@ -1,6 +1,7 @@
 """Screenshots for the README: the real app on --tiny, every tab with one result, as a person sees it.
 
     python docs/screenshots.py            # or: make screenshots
+    python docs/screenshots.py --url URL  # of an app on --tiny that is already serving
 
 Drives headless Chromium with the tests' own Playwright code (tests/test_ui.py, tests/test_page.py) at
 desktop width (1366x900) and, for the Image tab, at phone width (390x844), and writes PNGs (256 colours,
@@ -9,6 +10,7 @@ to stay small) into docs/. Outputs are noise: the tiny models have random weight
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -34,7 +36,7 @@ def chat(page: object, picture: Path) -> None:
     box = page.get_by_placeholder("Type a message...")
     box.fill("Write a haiku about a lighthouse.")
     box.press("Enter")
-    page.get_by_text("tokens/s").first.wait_for(timeout=SLOW)
+    page.locator(".message-wrap").get_by_text("tokens/s").first.wait_for(timeout=SLOW)
 
 
 def image(page: object, picture: Path) -> None:
@@ -47,7 +49,7 @@ def image(page: object, picture: Path) -> None:
 def caption(page: object, picture: Path) -> None:
     page.locator('#caption-upload input[type="file"]').set_input_files(str(picture))
     page.get_by_role("button", name="Caption", exact=True).click()
-    page.get_by_text("tokens/s").first.wait_for(timeout=SLOW)
+    page.locator("#caption-output").get_by_text("tokens/s").first.wait_for(timeout=SLOW)
 
 
 def music(page: object, picture: Path) -> None:
@@ -73,11 +75,11 @@ def system(page: object, picture: Path) -> None:
 TABS = {"chat": chat, "image": image, "caption": caption, "music": music, "pointcloud": points3d, "system": system}
 
 
-def main() -> None:
-    with tempfile.TemporaryDirectory() as workdir, AppServer(["--tiny"], Path(workdir)) as server, browser() as open_page:
-        picture = Path(workdir) / "gradient.png"
+def take(url: str, workdir: Path) -> None:
+    with browser() as open_page:
+        picture = workdir / "gradient.png"
         Image.linear_gradient("L").convert("RGB").resize((512, 512)).save(picture)
-        page = open_page(server.url, height=DESKTOP["height"])
+        page = open_page(url, height=DESKTOP["height"])
         page.set_viewport_size(DESKTOP)
         page.get_by_role("tab").first.wait_for(timeout=30_000)
         for tab, make_result in TABS.items():
@@ -85,13 +87,25 @@ def main() -> None:
             make_result(page, picture)
             page.evaluate("window.scrollTo(0, 0)")
             save(page, tab)
-        phone = open_page(server.url, height=PHONE["height"])
+        phone = open_page(url, height=PHONE["height"])
         phone.set_viewport_size(PHONE)
         phone.get_by_role("tab").first.wait_for(timeout=30_000)
         open_tab(phone, "image")
         image(phone, picture)  # the run scrolls its result into view
         phone.wait_for_timeout(1000)
         save(phone, "phone-image")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="an app on --tiny that is already serving (default: start one)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as workdir:
+        if args.url:
+            take(args.url, Path(workdir))
+        else:
+            with AppServer(["--tiny"], Path(workdir)) as server:
+                take(server.url, Path(workdir))
 
 
 if __name__ == "__main__":
