@@ -249,7 +249,8 @@ def test_stop_is_a_result(browser: object, tiny_app: AppServer, tab: str) -> Non
     stop.click()
     output.get_by_text(stopped).first.wait_for(timeout=SLOW)
     stopped_after = time.monotonic() - started
-    assert output.get_by_text(live).count() == 0 and output.get_by_text("Done").count() == 0
+    assert output.get_by_text(re.compile("^" + re.escape(live))).count() == 0, "the live status stayed after Stop"
+    assert output.get_by_text("Done").count() == 0
     page.wait_for_function("button => button.disabled", arg=stop.element_handle(), timeout=SLOW)
     assert run.is_visible(), "the run button still says Generating… after Stop"
     shown = served_files(output)
