@@ -24,7 +24,10 @@ from modules.tabs.common import (
     model_notes,
     pick,
     shared_pass,
+    idle_buttons,
     run_buttons,
+    show_idle,
+    show_running,
     setting_slider,
     settings_panel,
     step_progress,
@@ -144,6 +147,8 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         yield from errors_in_place(run, outputs=3)
 
     outputs = [seen, caption_text, stats]
+    show_running([run.click], run, stop)
+    bring_into_view([run.click], "caption-output")
     event = run.click(
         on_device(serving, caption_from_page, "caption", status_update(3), default=default, batch=BATCH_BY),
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
@@ -153,7 +158,6 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         **DEVICE_EVENT,
         show_progress_on=caption_text,
     )
-    bring_into_view([run.click], "caption-output")
     api_endpoint(
         serving,
         caption,
@@ -173,7 +177,8 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         default=default,
         batch=BATCH_BY,
     )
-    stop.click(None, cancels=[event], api_visibility="private")
+    show_idle([event], run, stop, label="Caption")
+    stop.click(lambda: idle_buttons("Caption"), None, [run, stop], cancels=[event], api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
         wrapper = pick(wrappers, model_id)
