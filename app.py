@@ -7,6 +7,10 @@ task and launches. torch and the model libraries are imported only when a model 
 
 from __future__ import annotations
 
+from modules.threads_policy import apply_thread_policy
+
+apply_thread_policy()  # first: torch and llama.cpp read it once, when they load (see the module)
+
 import argparse
 import logging
 import os

@@ -1,0 +1,235 @@
+"""Chat tokens/s while an image generation runs in the same server, against chat alone, per chat backend.
+
+One app server serves the tiny image model and the embedded SmolLM2 on each chat backend. For each
+backend, each round sends the same greedy chat twice, interleaved so a noisy machine slows both alike:
+once alone, and once while a second client keeps image generations running back to back. The speed is
+the decode rate the /chat stats line reports (tokens over generation time). The whole run is done twice,
+on two servers: with the app's thread policy (modules/threads_policy.py) and with a baseline that the
+bench sets in the server's environment, which the policy then leaves alone:
+
+- `default` (the default): libgomp's own behaviour with no setting (`GOMP_SPINCOUNT=300000`, which is
+  what libgomp uses when OMP_WAIT_POLICY is unset), i.e. the app before the policy;
+- `active`: `OMP_WAIT_POLICY=ACTIVE`, OpenMP threads spin while they wait.
+
+Target (issue 11): chat during an image / chat alone >= 0.45, a fair share of two cores.
+
+What it measures depends on the queue: it also reports how much of each chat's generation overlapped a
+running image (from the two clients' job states). Where one device queue runs one request at a time, the
+overlap is 0 %, the decode rate is chat's own (unshared) rate, and the end-to-end rate (tokens over the
+time from submit to answer, waiting included) is what a user sees in a mixed load: both are printed.
+
+    PYTHONPATH=$PWD/.cache/llama-site python bench/threads.py [--rounds 2] [--max-new-tokens 96]
+
+Without llama-cpp-python importable (as on PYTHONPATH above), only the transformers backend runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from gradio_client import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.chat_backends import BACKENDS, PROMPT, STATS, SYSTEM, embedded_chat_per_backend  # noqa: E402
+from modules.tiny import build_tiny_catalog  # noqa: E402
+from modules.wrappers.llama_chat import llama_cpp_installed  # noqa: E402
+from tests.conftest import AppServer  # noqa: E402
+
+BASELINES = {"default": {"GOMP_SPINCOUNT": "300000"}, "active": {"OMP_WAIT_POLICY": "ACTIVE"}}
+#: Job states in which the server is working on the request (not waiting in its queue).
+RUNNING = {"PROCESSING", "ITERATING", "PROGRESS"}
+POLL_SECONDS = 0.02
+
+
+@dataclass
+class Span:
+    """When the server started working on a job and when its answer arrived (perf_counter seconds)."""
+
+    submitted: float
+    started: float
+    ended: float
+
+
+def follow(job: Any, on_start: Any = None) -> tuple[Any, Span]:
+    """Wait for a job, noting when it left the queue (then `on_start()`); returns its result and its span."""
+    submitted = time.perf_counter()
+    started = None
+    while not job.done():
+        if started is None and job.status().code.name in RUNNING:
+            started = time.perf_counter()
+            if on_start is not None:
+                on_start()
+        time.sleep(POLL_SECONDS)
+    result = job.result()
+    ended = time.perf_counter()
+    return result, Span(submitted, started if started is not None else ended, ended)
+
+
+def overlap(span: Span, others: list[Span]) -> float:
+    """The fraction of `span`'s working time during which one of `others` was being worked on too."""
+    # The other client runs one job at a time, so its spans never overlap each other.
+    covered = sum(max(0.0, min(span.ended, other.ended) - max(span.started, other.started)) for other in others)
+    length = span.ended - span.started
+    return covered / length if length > 0 else 0.0
+
+
+def bench_catalogue(folder: Path, backends: dict[str, str]) -> Path:
+    """The tiny image model and the embedded chat model once per backend."""
+    image = build_tiny_catalog().tasks["image"]
+    tasks = {"chat": embedded_chat_per_backend(backends), "image": image.model_dump(mode="json", exclude_defaults=True)}
+    path = folder / "models.yaml"
+    path.write_text(yaml.safe_dump({"tasks": tasks}))
+    return path
+
+
+class ImageLoad:
+    """A second client that keeps image generations running, one after another, inside a `with` block."""
+
+    def __init__(self, client: Any, settings: dict[str, Any]) -> None:
+        self.client, self.settings = client, settings
+        self.spans: list[Span] = []
+        self._running = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="image-load", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            job = self.client.submit("a lighthouse at dusk", **self.settings, api_name="/generate_image")
+            self.spans.append(follow(job, on_start=self._running.set)[1])
+
+    def __enter__(self) -> ImageLoad:
+        self._thread.start()
+        self._running.wait(timeout=600)  # the chat starts once an image is being made
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class ChatRun:
+    tokens: int
+    decode_rate: float  # tokens/s as the /chat stats line reports it: over generation time only
+    span: Span
+
+    @property
+    def end_to_end_rate(self) -> float:
+        """Tokens over the time from submit to answer, queue wait included: what a user waits for."""
+        return self.tokens / (self.span.ended - self.span.submitted)
+
+
+def chat(client: Any, model_id: str, max_new_tokens: int) -> ChatRun:
+    """One greedy reply: the same text, and so the same token count, every time."""
+    settings = dict(model=model_id, system_prompt=SYSTEM, temperature=0.0, top_p=0.9, max_new_tokens=max_new_tokens)
+    (_reply, note), span = follow(client.submit(PROMPT, **settings, api_name="/chat"))
+    stats = STATS.search(note)
+    return ChatRun(int(stats.group(1)), float(stats.group(2)), span)
+
+
+@dataclass
+class Measured:
+    alone: list[ChatRun]
+    with_image: list[ChatRun]
+    overlaps: list[float]  # per chat with an image: the fraction of its work time an image ran too
+    images: int  # images finished during the chats
+
+    def ratio(self, rate: str) -> float:
+        return statistics.median(getattr(r, rate) for r in self.with_image) / statistics.median(
+            getattr(r, rate) for r in self.alone
+        )
+
+
+def measure(server_env: dict[str, str], backends: dict[str, str], args: argparse.Namespace) -> dict[str, Measured]:
+    """One server with `server_env`; per backend, `args.rounds` chats alone and as many beside images."""
+    image_settings = {"steps": args.image_steps, "width": args.image_side, "height": args.image_side, "seed": 1}
+    results: dict[str, Measured] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        serve_args = ["--models", str(bench_catalogue(Path(scratch), backends))]
+        with AppServer(serve_args, Path(scratch), env={"HF_HUB_OFFLINE": "1", **server_env}) as server:
+            chat_client = Client(server.url, verbose=False, download_files=False)
+            image_client = Client(server.url, verbose=False, download_files=False)
+            for model_id in backends.values():  # load every model and warm up, untimed
+                chat(chat_client, model_id, 8)
+            follow(image_client.submit("warm-up", **image_settings, api_name="/generate_image"))
+            for backend, model_id in backends.items():
+                measured = results[backend] = Measured([], [], [], 0)
+                for round_ in range(1, args.rounds + 1):
+                    measured.alone.append(chat(chat_client, model_id, args.max_new_tokens))
+                    with ImageLoad(image_client, image_settings) as load:
+                        run = chat(chat_client, model_id, args.max_new_tokens)
+                    measured.with_image.append(run)
+                    measured.overlaps.append(overlap(run.span, load.spans))
+                    measured.images += sum(1 for span in load.spans if span.ended <= run.span.ended)
+                    print(
+                        f"  {backend} round {round_}: alone {measured.alone[-1].decode_rate:.1f} tok/s, "
+                        f"beside images {run.decode_rate:.1f} tok/s ({measured.overlaps[-1]:.0%} overlap)",
+                        flush=True,
+                    )
+    return results
+
+
+def report(label: str, results: dict[str, Measured]) -> None:
+    print(f"\n{label}: median over rounds, chat beside an image / chat alone (target >= 0.45)")
+    for backend, m in results.items():
+        alone = statistics.median(r.decode_rate for r in m.alone)
+        loaded = statistics.median(r.decode_rate for r in m.with_image)
+        print(
+            f"  {backend:<13} decode {loaded:6.1f} / {alone:6.1f} tok/s = {m.ratio('decode_rate'):.2f}"
+            f" | end to end {m.ratio('end_to_end_rate'):.2f}"
+            f" | overlap with a running image {statistics.median(m.overlaps):.0%}, {m.images} images finished"
+        )
+        if max(m.overlaps) < 0.05:
+            print(
+                f"  {backend:<13} (chat and image did not run at the same time: the device queue serialised them; "
+                "the decode rate is chat's own, the end-to-end rate includes waiting for the image)"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--baseline", choices=sorted(BASELINES), default="default", help="the run without the policy")
+    parser.add_argument("--no-baseline", action="store_true", help="measure only with the app's policy")
+    parser.add_argument("--image-side", type=int, default=128, help="tiny image size: sets how long one image takes")
+    parser.add_argument("--image-steps", type=int, default=16)
+    args = parser.parse_args()
+
+    backends = dict(BACKENDS)
+    if not llama_cpp_installed():
+        backends.pop("llama.cpp")
+        print("llama-cpp-python is not importable: the llama.cpp backend is left out "
+              "(PYTHONPATH=$PWD/.cache/llama-site after `make llama-site`)")
+    runs = {"with the app's thread policy (OMP_WAIT_POLICY=PASSIVE)": {}}
+    if not args.no_baseline:
+        env = BASELINES[args.baseline]
+        runs[f"baseline {args.baseline} ({' '.join(f'{k}={v}' for k, v in env.items())})"] = env
+    results = {}
+    for label, env in runs.items():
+        print(f"{label}:", flush=True)
+        results[label] = measure(env, backends, args)
+    for label, measured in results.items():
+        report(label, measured)
+    if len(results) == 2:
+        (policy, with_policy), (baseline, without) = results.items()
+        print("\nchat beside an image, with the policy / without it (decode rate):")
+        for backend in backends:
+            before = statistics.median(r.decode_rate for r in without[backend].with_image)
+            after = statistics.median(r.decode_rate for r in with_policy[backend].with_image)
+            print(f"  {backend:<13} {after:.1f} / {before:.1f} tok/s = {after / before:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
