@@ -26,6 +26,7 @@ Without llama-cpp-python importable (as on PYTHONPATH above), only the transform
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -218,17 +219,20 @@ def main() -> None:
         runs[f"baseline {args.baseline} ({' '.join(f'{k}={v}' for k, v in env.items())})"] = env
     results = {}
     for label, env in runs.items():
-        print(f"{label}:", flush=True)
+        # Other processes are company too (what OpenMP cannot see): say how busy the machine was.
+        print(f"{label} (machine load average {os.getloadavg()[0]:.1f}):", flush=True)
         results[label] = measure(env, backends, args)
     for label, measured in results.items():
         report(label, measured)
     if len(results) == 2:
-        (policy, with_policy), (baseline, without) = results.items()
-        print("\nchat beside an image, with the policy / without it (decode rate):")
+        with_policy, without = results.values()
+        # The policy matters most where OpenMP cannot see the company: other processes on the machine.
+        print("\nchat's decode rate with the policy / without it (median over rounds):")
         for backend in backends:
-            before = statistics.median(r.decode_rate for r in without[backend].with_image)
-            after = statistics.median(r.decode_rate for r in with_policy[backend].with_image)
-            print(f"  {backend:<13} {after:.1f} / {before:.1f} tok/s = {after / before:.2f}x")
+            for runs in ("alone", "with_image"):
+                after = statistics.median(r.decode_rate for r in getattr(with_policy[backend], runs))
+                before = statistics.median(r.decode_rate for r in getattr(without[backend], runs))
+                print(f"  {backend:<13} {runs.replace('_', ' '):<10} {after:6.1f} / {before:6.1f} tok/s = {after / before:.2f}x")
 
 
 if __name__ == "__main__":
