@@ -16,7 +16,10 @@ tokens/s beside other work, and ran at 57-70 with passive waits. So, for the who
    protect the rarer overlap.
 
 `bench/threads.py` measures both backends' chat speed during an image generation, with this policy and
-without it. OpenMP reads its environment once, when the library loads, so `apply_thread_policy()` runs at
+without it. One run on 2 cores shared with other processes (load average about 11): without the policy,
+a chat alone in the server ran at 1.4 tokens/s on llama.cpp and 1.1 on transformers (the company was
+other processes, which libgomp cannot see, so it kept spinning); with it, 29 and 7.6, and beside an image
+0.68 and 0.50 of that. OpenMP reads its environment once, when the library loads, so `apply_thread_policy()` runs at
 the very top of app.py, before anything imports torch or llama_cpp. A user who set how OpenMP threads wait
 (`WAIT_SETTINGS`) or how many there are keeps their choice.
 """
