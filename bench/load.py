@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -173,6 +174,8 @@ def load_phase(room: Room, server: AppServer, args: argparse.Namespace) -> None:
     poller.join()
     rss_end = process.memory_info().rss
     report_load(room.outcomes, samples, elapsed, rss_warm, rss_end, args)
+    if any(o.error and not o.quota for o in room.outcomes):
+        print(f"  the server's last exception: {last_exception(server.log())}")
 
 
 def report_load(
@@ -203,6 +206,13 @@ def report_load(
     growth = (rss_end - rss_warm) / rss_warm
     print(f"  server resident memory: {rss_warm / 2**20:.0f} MiB after warm-up, {rss_end / 2**20:.0f} MiB at the end "
           f"({growth:+.1%}; target < +10%)")
+
+
+def last_exception(log: str) -> str:
+    """The exception line of the last traceback in the server's log (its tail), or "" when none."""
+    tail = log[log.rfind("Traceback (most recent call last)"):] if "Traceback" in log else ""
+    found = re.search(r"^[\w.]+(?:Error|Exception): .*$", tail, re.MULTILINE)
+    return found.group(0)[:400] if found else ""
 
 
 def light_user_latencies(room: Room, client: Client, requests: int) -> list[float]:

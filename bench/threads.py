@@ -2,7 +2,7 @@
 
 One app server serves the tiny image model and the embedded SmolLM2 on each chat backend. For each
 backend, each round sends the same greedy chat twice, interleaved so a noisy machine slows both alike:
-once alone, and once while a second client keeps image generations running back to back. The speed is
+once alone, and once while a second client keeps image generations coming back to back. The speed is
 the decode rate the /chat stats line reports (tokens over generation time). The whole run is done twice,
 on two servers: with the app's thread policy (modules/threads_policy.py) and with a baseline that the
 bench sets in the server's environment, which the policy then leaves alone:
@@ -13,10 +13,11 @@ bench sets in the server's environment, which the policy then leaves alone:
 
 Target (issue 11): chat during an image / chat alone >= 0.45, a fair share of two cores.
 
-What it measures depends on the queue: it also reports how much of each chat's generation overlapped a
-running image (from the two clients' job states). Where one device queue runs one request at a time, the
-overlap is 0 %, the decode rate is chat's own (unshared) rate, and the end-to-end rate (tokens over the
-time from submit to answer, waiting included) is what a user sees in a mixed load: both are printed.
+What it measures depends on the queue, so it also reports how much of each chat's model work overlapped
+an image's, from the models' leases ("in use" in the public /system_status, polled every 0.1 s). Where
+the app's one fair device queue runs one request at a time, the overlap is 0 %: the decode rate is then
+chat's own rate on an unshared CPU, and the end-to-end rate (tokens over the time from submit to answer,
+waiting for the image included) is what a user sees in the mixed load. Both are printed.
 
     PYTHONPATH=$PWD/.cache/llama-site python bench/threads.py [--rounds 2] [--max-new-tokens 96]
 
@@ -48,41 +49,41 @@ from modules.wrappers.llama_chat import llama_cpp_installed  # noqa: E402
 from tests.conftest import AppServer  # noqa: E402
 
 BASELINES = {"default": {"GOMP_SPINCOUNT": "300000"}, "active": {"OMP_WAIT_POLICY": "ACTIVE"}}
-#: Job states in which the server is working on the request (not waiting in its queue).
-RUNNING = {"PROCESSING", "ITERATING", "PROGRESS"}
-POLL_SECONDS = 0.02
+IMAGE_KEY = "image/tiny-sd"
+POLL_SECONDS = 0.1
 
 
-@dataclass
-class Span:
-    """When the server started working on a job and when its answer arrived (perf_counter seconds)."""
+class Leases:
+    """Which models are serving a request over time, from the public /system_status ("in use"): what the
+    server really runs, wherever a request waits (Gradio's queue, or the app's own device queue)."""
 
-    submitted: float
-    started: float
-    ended: float
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leases", daemon=True)
 
+    def _run(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            rows = self.client.predict(api_name="/system_status")
+            self.samples.append((time.perf_counter(), {row["key"]: row["in use"] for row in rows}))
 
-def follow(job: Any, on_start: Any = None) -> tuple[Any, Span]:
-    """Wait for a job, noting when it left the queue (then `on_start()`); returns its result and its span."""
-    submitted = time.perf_counter()
-    started = None
-    while not job.done():
-        if started is None and job.status().code.name in RUNNING:
-            started = time.perf_counter()
-            if on_start is not None:
-                on_start()
-        time.sleep(POLL_SECONDS)
-    result = job.result()
-    ended = time.perf_counter()
-    return result, Span(submitted, started if started is not None else ended, ended)
+    def in_use(self, key: str) -> bool:
+        return bool(self.samples) and self.samples[-1][1].get(key, 0) > 0
 
+    def overlap(self, key: str, other: str, start: float, end: float) -> float | None:
+        """Of the samples between `start` and `end` in which `key` was in use, the fraction in which
+        `other` was too; None when no sample saw `key` in use."""
+        busy = [in_use for t, in_use in self.samples if start <= t <= end and in_use.get(key, 0) > 0]
+        return sum(in_use.get(other, 0) > 0 for in_use in busy) / len(busy) if busy else None
 
-def overlap(span: Span, others: list[Span]) -> float:
-    """The fraction of `span`'s working time during which one of `others` was being worked on too."""
-    # The other client runs one job at a time, so its spans never overlap each other.
-    covered = sum(max(0.0, min(span.ended, other.ended) - max(span.started, other.started)) for other in others)
-    length = span.ended - span.started
-    return covered / length if length > 0 else 0.0
+    def __enter__(self) -> Leases:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def bench_catalogue(folder: Path, backends: dict[str, str]) -> Path:
@@ -95,23 +96,24 @@ def bench_catalogue(folder: Path, backends: dict[str, str]) -> Path:
 
 
 class ImageLoad:
-    """A second client that keeps image generations running, one after another, inside a `with` block."""
+    """A second client that keeps image generations coming, one after another, inside a `with` block."""
 
-    def __init__(self, client: Any, settings: dict[str, Any]) -> None:
-        self.client, self.settings = client, settings
-        self.spans: list[Span] = []
-        self._running = threading.Event()
+    def __init__(self, client: Any, settings: dict[str, Any], leases: Leases) -> None:
+        self.client, self.settings, self.leases = client, settings, leases
+        self.finished = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="image-load", daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            job = self.client.submit("a lighthouse at dusk", **self.settings, api_name="/generate_image")
-            self.spans.append(follow(job, on_start=self._running.set)[1])
+            self.client.predict("a lighthouse at dusk", **self.settings, api_name="/generate_image")
+            self.finished += 1
 
     def __enter__(self) -> ImageLoad:
         self._thread.start()
-        self._running.wait(timeout=600)  # the chat starts once an image is being made
+        deadline = time.monotonic() + 600
+        while not self.leases.in_use(IMAGE_KEY) and time.monotonic() < deadline:  # the chat starts once
+            time.sleep(POLL_SECONDS)  # an image is being made
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -123,28 +125,30 @@ class ImageLoad:
 class ChatRun:
     tokens: int
     decode_rate: float  # tokens/s as the /chat stats line reports it: over generation time only
-    span: Span
+    submitted: float
+    answered: float
 
     @property
     def end_to_end_rate(self) -> float:
-        """Tokens over the time from submit to answer, queue wait included: what a user waits for."""
-        return self.tokens / (self.span.ended - self.span.submitted)
+        """Tokens over the time from submit to answer, waiting included: what a user waits for."""
+        return self.tokens / (self.answered - self.submitted)
 
 
 def chat(client: Any, model_id: str, max_new_tokens: int) -> ChatRun:
     """One greedy reply: the same text, and so the same token count, every time."""
     settings = dict(model=model_id, system_prompt=SYSTEM, temperature=0.0, top_p=0.9, max_new_tokens=max_new_tokens)
-    (_reply, note), span = follow(client.submit(PROMPT, **settings, api_name="/chat"))
+    submitted = time.perf_counter()
+    _reply, note = client.predict(PROMPT, **settings, api_name="/chat")
     stats = STATS.search(note)
-    return ChatRun(int(stats.group(1)), float(stats.group(2)), span)
+    return ChatRun(int(stats.group(1)), float(stats.group(2)), submitted, time.perf_counter())
 
 
 @dataclass
 class Measured:
     alone: list[ChatRun]
     with_image: list[ChatRun]
-    overlaps: list[float]  # per chat with an image: the fraction of its work time an image ran too
-    images: int  # images finished during the chats
+    overlaps: list[float]  # per chat with an image: the fraction of its model's work time an image ran too
+    images: int  # images finished while the chats ran
 
     def ratio(self, rate: str) -> float:
         return statistics.median(getattr(r, rate) for r in self.with_image) / statistics.median(
@@ -159,30 +163,33 @@ def measure(server_env: dict[str, str], backends: dict[str, str], args: argparse
     with tempfile.TemporaryDirectory() as scratch:
         serve_args = ["--models", str(bench_catalogue(Path(scratch), backends))]
         with AppServer(serve_args, Path(scratch), env={"HF_HUB_OFFLINE": "1", **server_env}) as server:
-            chat_client = Client(server.url, verbose=False, download_files=False)
-            image_client = Client(server.url, verbose=False, download_files=False)
+            chat_client, image_client, status_client = (
+                Client(server.url, verbose=False, download_files=False) for _ in range(3)
+            )
             for model_id in backends.values():  # load every model and warm up, untimed
                 chat(chat_client, model_id, 8)
-            follow(image_client.submit("warm-up", **image_settings, api_name="/generate_image"))
-            for backend, model_id in backends.items():
-                measured = results[backend] = Measured([], [], [], 0)
-                for round_ in range(1, args.rounds + 1):
-                    measured.alone.append(chat(chat_client, model_id, args.max_new_tokens))
-                    with ImageLoad(image_client, image_settings) as load:
-                        run = chat(chat_client, model_id, args.max_new_tokens)
-                    measured.with_image.append(run)
-                    measured.overlaps.append(overlap(run.span, load.spans))
-                    measured.images += sum(1 for span in load.spans if span.ended <= run.span.ended)
-                    print(
-                        f"  {backend} round {round_}: alone {measured.alone[-1].decode_rate:.1f} tok/s, "
-                        f"beside images {run.decode_rate:.1f} tok/s ({measured.overlaps[-1]:.0%} overlap)",
-                        flush=True,
-                    )
+            image_client.predict("warm-up", **image_settings, api_name="/generate_image")
+            with Leases(status_client) as leases:
+                for backend, model_id in backends.items():
+                    measured = results[backend] = Measured([], [], [], 0)
+                    for round_ in range(1, args.rounds + 1):
+                        measured.alone.append(chat(chat_client, model_id, args.max_new_tokens))
+                        with ImageLoad(image_client, image_settings, leases) as load:
+                            run = chat(chat_client, model_id, args.max_new_tokens)
+                        measured.with_image.append(run)
+                        shared = leases.overlap(f"chat/{model_id}", IMAGE_KEY, run.submitted, run.answered)
+                        measured.overlaps.append(shared or 0.0)
+                        measured.images += load.finished
+                        print(
+                            f"  {backend} round {round_}: alone {measured.alone[-1].decode_rate:.1f} tok/s, "
+                            f"with images {run.decode_rate:.1f} tok/s ({measured.overlaps[-1]:.0%} overlap)",
+                            flush=True,
+                        )
     return results
 
 
 def report(label: str, results: dict[str, Measured]) -> None:
-    print(f"\n{label}: median over rounds, chat beside an image / chat alone (target >= 0.45)")
+    print(f"\n{label}: median over rounds, chat with images / chat alone (target >= 0.45)")
     for backend, m in results.items():
         alone = statistics.median(r.decode_rate for r in m.alone)
         loaded = statistics.median(r.decode_rate for r in m.with_image)
@@ -193,7 +200,7 @@ def report(label: str, results: dict[str, Measured]) -> None:
         )
         if max(m.overlaps) < 0.05:
             print(
-                f"  {backend:<13} (chat and image did not run at the same time: the device queue serialised them; "
+                f"  {backend:<13} (chat and image never ran at the same time: the device queue took them in turn; "
                 "the decode rate is chat's own, the end-to-end rate includes waiting for the image)"
             )
 
@@ -229,10 +236,10 @@ def main() -> None:
         # The policy matters most where OpenMP cannot see the company: other processes on the machine.
         print("\nchat's decode rate with the policy / without it (median over rounds):")
         for backend in backends:
-            for runs in ("alone", "with_image"):
-                after = statistics.median(r.decode_rate for r in getattr(with_policy[backend], runs))
-                before = statistics.median(r.decode_rate for r in getattr(without[backend], runs))
-                print(f"  {backend:<13} {runs.replace('_', ' '):<10} {after:6.1f} / {before:6.1f} tok/s = {after / before:.2f}x")
+            for kind in ("alone", "with_image"):
+                after = statistics.median(r.decode_rate for r in getattr(with_policy[backend], kind))
+                before = statistics.median(r.decode_rate for r in getattr(without[backend], kind))
+                print(f"  {backend:<13} {kind.replace('_', ' '):<10} {after:6.1f} / {before:6.1f} tok/s = {after / before:.2f}x")
 
 
 if __name__ == "__main__":
