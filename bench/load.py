@@ -70,7 +70,7 @@ class Outcome:
 
 @dataclass
 class Room:
-    """What the simulated users share: their logins, the bounds, and everything they saw."""
+    """What the simulated users share: the server, the picture they caption, and everything they saw."""
 
     url: str
     picture: str
@@ -128,7 +128,7 @@ def poll_queue(client: Client, room: Room, stop: threading.Event, samples: list[
         samples.append((time.perf_counter() - room.started, status["queue_running"], status["queue_waiting"]))
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     """The q-th percentile (0-100), interpolated; one value is its own percentile."""
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
