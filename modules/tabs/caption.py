@@ -17,6 +17,8 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    example_file,
+    examples,
     model_dropdown,
     model_notes,
     pick,
@@ -33,6 +35,10 @@ UPLOAD_POLICY = (
     "Any PNG, JPEG, WebP or GIF. Animated images: the first frame is used. EXIF rotation is applied; CMYK, "
     "palette, 16-bit and transparent images are converted to RGB (transparency onto white)."
 )
+
+
+#: Pictures the tab offers to try, each with an optional opening of the caption.
+EXAMPLES = [("red-ball.png", ""), ("red-ball.png", "a photograph of")]
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
             gr.Markdown(UPLOAD_POLICY)
             prefix = gr.Textbox(label="Caption starts with (optional)", placeholder="a photograph of")
             run, stop = run_buttons("Caption")
+            examples([[example_file(name), opening] for name, opening in EXAMPLES], [upload, prefix])
             with settings_panel():
                 decoding = gr.Radio(
                     [("Beam search", "beam"), ("Nucleus sampling", "nucleus")], value=first.defaults.decoding, label="Decoding"

@@ -17,6 +17,7 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -36,6 +37,13 @@ assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
 
 
 DENOISING = "Denoising: step"
+#: Prompts the tab offers to try (a click fills the prompt).
+EXAMPLE_PROMPTS = [
+    "a lighthouse on a rocky cliff at dusk, oil painting",
+    "a red fox in fresh snow, morning light, photograph",
+    "a cosy reading room with plants, isometric 3D render, pastel colours",
+    "a bowl of ramen on a wooden table, watercolour",
+]
 
 
 def stopped_line(status: str | None) -> Any:
@@ -82,6 +90,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
             )
             negative = gr.Textbox(label="Negative prompt", lines=1, info=type(first.defaults).model_fields["negative_prompt"].description)
             run, stop = run_buttons()
+            examples([[text] for text in EXAMPLE_PROMPTS], [prompt])
             with settings_panel():
                 with gr.Row():
                     steps = setting_slider(first, "num_steps", "Steps", step=1)

@@ -19,6 +19,7 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -32,6 +33,13 @@ from modules.tabs.common import (
 )
 from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
 
+#: Prompts the tab offers to try, with their durations in seconds (a click fills both).
+EXAMPLES = [
+    ("lo-fi hip hop beat with warm piano chords", 8),
+    ("epic orchestral trailer music with big drums and brass", 10),
+    ("calm acoustic folk guitar, bright and warm", 8),
+    ("80s synthwave with a driving bassline", 10),
+]
 #: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
 CAN_STREAM = shutil.which("ffmpeg") is not None
 
@@ -74,6 +82,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
             run, stop = run_buttons()
+            longest = duration.maximum
+            examples([[text, min(seconds, longest)] for text, seconds in EXAMPLES], [prompt, duration])
             with settings_panel():
                 with gr.Row():
                     seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))

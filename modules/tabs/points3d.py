@@ -17,6 +17,8 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    example_file,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -35,6 +37,9 @@ STAGE_LABELS = {
     "mesh": "Mesh: signed distances on the grid (query batches)",
 }
 FROM_TEXT, FROM_IMAGE = "From text", "From an image"
+#: What the tab offers to try: simple objects (all Point-E knows from text) and one picture of an object.
+EXAMPLE_PROMPTS = ["a red motorcycle", "a green armchair", "a traffic cone", "a blue coffee mug"]
+EXAMPLE_IMAGES = ["red-ball.png"]
 
 #: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
 BAR_SECONDS = 0.1
@@ -102,6 +107,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
                 model = model_dropdown(text_wrappers, text_default) if text_wrappers else gr.State(None)
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
                 run = gr.Button("Generate", variant="primary", interactive=bool(text_wrappers))
+                examples([[text] for text in EXAMPLE_PROMPTS], [prompt])
             with gr.Group(visible=first.condition == "image") as image_group:
                 image_model = (
                     model_dropdown(image_wrappers, image_default, label="Image model") if image_wrappers else gr.State(None)
@@ -109,6 +115,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
                 # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
                 image = gr.File(label="Image", file_types=["image"], type="filepath")
                 run_image = gr.Button("Generate from the image", variant="primary", interactive=bool(image_wrappers))
+                examples([[example_file(name)] for name in EXAMPLE_IMAGES], [image])
             notes = gr.Markdown(model_notes(first))
             preset = gr.Radio(
                 list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
