@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -29,6 +30,7 @@ from modules.tabs.common import (
     stepped_outputs,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.captioning import CaptionResult, CaptionWrapper
 
 UPLOAD_POLICY = (
@@ -48,11 +50,19 @@ class CaptionTab:
     upload: gr.File
     caption: gr.Textbox
     use_button: gr.Button
+    made: Made  # for History
 
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
     notes = f" · note: {'; '.join(result.notes)}" if result.notes else ""
     return f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
+
+
+def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a caption run was asked (for History): the picture's name and the opening, if any."""
+    name = Path(str(settings.get("image") or "")).name
+    opening = f", starting “{settings['prefix']}”" if settings.get("prefix") else ""
+    return f"{name}{opening}", settings.get("model")
 
 
 def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> CaptionTab:
@@ -168,11 +178,16 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
     stop.click(None, cancels=[event], api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        wrapper = pick(wrappers, model_id)
-        d = wrapper.defaults
-        return model_notes(wrapper), d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
+        d = pick(wrappers, model_id).defaults
+        return d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
 
-    model.change(
-        adopt_defaults, model, [model_info, decoding, beams, top_p, temperature, max_length], api_visibility="private"
-    )
-    return CaptionTab(upload=upload, caption=caption_text, use_button=use_button)
+    # The notes follow the model however it is set, its defaults only a person's pick (History's Re-run
+    # sets a model together with its own settings).
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, model_info, api_visibility="private")
+    model.input(adopt_defaults, model, [decoding, beams, top_p, temperature, max_length], api_visibility="private")
+    settings = {
+        "image": upload, "model": model, "prefix": prefix, "decoding": decoding, "num_beams": beams, "top_p": top_p,
+        "temperature": temperature, "max_new_tokens": max_length,
+    }  # fmt: skip
+    made = Made(runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, describe=described)
+    return CaptionTab(upload=upload, caption=caption_text, use_button=use_button, made=made)

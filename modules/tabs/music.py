@@ -31,6 +31,7 @@ from modules.tabs.common import (
     step_progress,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
 
 #: Prompts the tab offers to try, with their durations in seconds (a click fills both).
@@ -69,7 +70,7 @@ def stopped_line(status: str | None) -> Any:
     return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
 
 
-def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> None:
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> Made:
     first = wrappers[default]
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
@@ -112,7 +113,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         d = pick(wrappers, model_id).defaults
         return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
 
-    model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+    # Defaults follow a person's pick of model, not History's Re-run, which sets a model with its own settings.
+    model.input(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
 
     @user_errors
     def generate_music(
@@ -211,3 +213,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
     stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")
+    settings = {
+        "prompt": prompt, "model": model, "duration": duration, "seed": seed, "randomise": randomize, "top_k": top_k,
+        "top_p": top_p, "temperature": temperature, "guidance": guidance,
+    }  # fmt: skip
+    return Made(runs=[event], settings=settings, files=files, stats=status, seed_used=seed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -28,6 +29,7 @@ from modules.tabs.common import (
     stepped_outputs,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_3d import PointCloudResult, PointEWrapper, StageStep
 
 STAGE_LABELS = {
@@ -53,6 +55,14 @@ class Points3DTab:
     source: gr.Radio  # FROM_TEXT or FROM_IMAGE
     #: Chains the image-path generation after another event (the Image tab's "Make 3D").
     run_from_image: Callable[[Any], Any]
+    made: Made  # for History
+
+
+def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a 3D run was asked (for History): the prompt, or the picture's name, and the model of that path."""
+    if settings.get("source") == FROM_IMAGE:
+        return f"from the picture {Path(str(settings.get('image') or '')).name}", settings.get("image_model")
+    return str(settings.get("prompt") or ""), settings.get("model")
 
 
 def presets(wrapper: PointEWrapper) -> dict[str, int]:
@@ -255,6 +265,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
             generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
         )
     ]
+    runs = [event, *image_events]  # for History; the bridge's "Make 3D" adds its chained run
     if text_wrappers:
         endpoint_inputs = [api_text("prompt"), api_model(text_wrappers), *api_settings(wrappers[text_default])]
         api_endpoint(generate_3d, endpoint_inputs, outputs, api_name="generate_3d")
@@ -267,6 +278,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
             generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
         )
         image_events.append(chained)
+        runs.append(chained)
         stop.click(None, cancels=[chained], api_visibility="private")
         return chained
 
@@ -281,20 +293,30 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
         api_visibility="private",
     )
 
-    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+    def show_choice(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
         wrapper = current(source_value, text_model, picture_model)
         return (
             gr.Group(visible=source_value == FROM_TEXT),
             gr.Group(visible=source_value == FROM_IMAGE),
             model_notes(wrapper),
             gr.Radio(choices=list(presets(wrapper)), value=None),
-            initial_steps(wrapper),
-            wrapper.defaults.guidance,
         )
 
+    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+        wrapper = current(source_value, text_model, picture_model)
+        return initial_steps(wrapper), wrapper.defaults.guidance
+
+    # The view follows the path and model however they are set, the defaults only a person's pick
+    # (History's Re-run sets them together with its own settings).
     choosers = [source, model, image_model]
-    defaults_out = [text_group, image_group, notes, preset, steps, guidance]
     for chooser in choosers:
         if isinstance(chooser, (gr.Radio, gr.Dropdown)):
-            chooser.change(adopt_defaults, choosers, defaults_out, api_visibility="private")
-    return Points3DTab(image=image, source=source, run_from_image=run_from_image)
+            chooser.change(show_choice, choosers, [text_group, image_group, notes, preset], api_visibility="private")
+            chooser.input(adopt_defaults, choosers, [steps, guidance], api_visibility="private")
+    settings = {
+        "source": source, "prompt": prompt, "model": model, "image": image, "image_model": image_model,
+        "steps": steps, "guidance": guidance, "seed": seed, "randomise": randomise, "make_mesh": make_mesh,
+        "mesh_grid": mesh_grid,
+    }  # fmt: skip
+    made = Made(runs, settings, files=downloads, stats=stats, seed_used=seed_used, describe=described)
+    return Points3DTab(image=image, source=source, run_from_image=run_from_image, made=made)
