@@ -149,11 +149,11 @@ def refill(made: Made, entry: Entry, roots: list[Path]) -> list[Any]:
 def details(made: Made, entry: Entry, title: str) -> str:
     asked, model = made.describe(entry["settings"])
     when = time.strftime("%H:%M:%S", time.localtime(entry.get("time") or 0))
-    lines = [f"**{title}** · {when}" + (f" · model `{model}`" if model else "")]
+    lines = [f"{title} · {when}" + (f" · model `{model}`" if model else "")]
     if asked:
         lines.append(f"“{asked}”")
     if entry.get("text"):
-        lines.append(f"Caption: **{entry['text']}**")
+        lines.append(f"Caption: “{entry['text']}”")
     shown = [
         f"{name} {value}"
         for name, value in entry["settings"].items()
@@ -165,7 +165,7 @@ def details(made: Made, entry: Entry, title: str) -> str:
         lines.append(" · ".join(shown))
     if entry.get("stats"):
         lines.append(str(entry["stats"]))
-    return "\n\n".join(lines)
+    return "  \n".join(lines)  # one line each, no paragraph gaps
 
 
 def preview(files: list[str]) -> None:
@@ -192,10 +192,10 @@ def build_history_tab(
     history = gr.BrowserState([], storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
     gr.Markdown(
         "Everything made in this browser, newest first (kept in this browser only, the newest "
-        f"{MAX_ENTRIES}). **Re-run** opens the tab with the same settings and seed: press Generate, or change "
+        f"{MAX_ENTRIES}). Re-run opens the tab with the same settings and seed: press Generate, or change "
         "something first. The server keeps files for a limited time; after that an entry keeps its settings."
     )
-    clear = gr.Button("Clear history", size="sm", variant="secondary")
+    clear = gr.Button("Clear history", size="sm", variant="secondary", scale=0, min_width=140)
     clear.click(lambda: [], None, history, api_visibility="private")
 
     for task, hook in made.items():
@@ -221,9 +221,10 @@ def build_history_tab(
                 with gr.Column(scale=3, min_width=240):
                     gr.Markdown(details(hook, entry, titles.get(task, task)))
                     with gr.Row():
-                        rerun = gr.Button("Re-run", size="sm", variant="primary", min_width=80)
+                        rerun = gr.Button("Re-run", size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}")
                         for path in files:
-                            gr.DownloadButton(f"Download {Path(path).suffix.lstrip('.').upper()}", path, size="sm", min_width=80)
+                            label = f"Download {Path(path).suffix.lstrip('.').upper()}"
+                            gr.DownloadButton(label, path, size="sm", scale=0, min_width=140)
 
             def fill(entry: Entry = entry, hook: Made = hook, task: str = task) -> list[Any]:
                 return [*refill(hook, entry, roots), gr.Tabs(selected=task)]
