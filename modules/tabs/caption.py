@@ -59,10 +59,8 @@ def stats_line(result: CaptionResult, model_name: str) -> str:
 
 
 def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
-    """What a caption run was asked (for History): the picture's name and the opening, if any."""
-    name = Path(str(settings.get("image") or "")).name
-    opening = f", starting “{settings['prefix']}”" if settings.get("prefix") else ""
-    return f"{name}{opening}", settings.get("model")
+    """What a caption run was asked (for History): the picture, by name (the opening shows with the settings)."""
+    return Path(str(settings.get("image") or "")).name, settings.get("model")
 
 
 def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> CaptionTab:

@@ -168,6 +168,15 @@ def details(made: Made, entry: Entry, title: str) -> str:
     return "  \n".join(lines)  # one line each, no paragraph gaps
 
 
+def download_labels(files: list[str]) -> list[tuple[str, str]]:
+    """A button label per file: its type, numbered where a run made several of one type (a batch)."""
+    kinds = [Path(path).suffix.lstrip(".").upper() for path in files]
+    return [
+        (f"Download {kind}" + (f" {kinds[:i].count(kind) + 1}" if kinds.count(kind) > 1 else ""), path)
+        for i, (kind, path) in enumerate(zip(kinds, files))
+    ]
+
+
 def preview(files: list[str]) -> None:
     """A small view of what was made: an image, a player or a 3D view."""
     images = [path for path in files if Path(path).suffix.lower() in IMAGE_SUFFIXES]
@@ -222,8 +231,7 @@ def build_history_tab(
                     gr.Markdown(details(hook, entry, titles.get(task, task)))
                     with gr.Row():
                         rerun = gr.Button("Re-run", size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}")
-                        for path in files:
-                            label = f"Download {Path(path).suffix.lstrip('.').upper()}"
+                        for label, path in download_labels(files):
                             gr.DownloadButton(label, path, size="sm", scale=0, min_width=140)
 
             def fill(entry: Entry = entry, hook: Made = hook, task: str = task) -> list[Any]:
