@@ -21,6 +21,7 @@ from modules.catalog import TASKS, Catalog, CatalogError, load_catalog
 from modules.memory import Budget, MemoryManager, parse_bytes
 from modules.outputs import OutputLimits, start_housekeeping
 from modules.roles import Access
+from modules.serving import FairQueue, Quota, Serving
 from modules.wrappers import build_wrapper, wrapper_tasks
 from modules.wrappers.base import HostSettings, InvalidInput, Wrapper
 
@@ -76,6 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-prompt-chars", type=int, default=10_000)
     parser.add_argument("--max-audio-seconds", type=float, default=30.0, help="longest music a request may ask for")
     parser.add_argument("--queue-size", type=int, default=64, help="requests waiting beyond this get 'queue is full'")
+    parser.add_argument(
+        "--quota-seconds",
+        type=float,
+        default=_env_float("ATELIER_QUOTA_SECONDS"),
+        help="device-seconds each client may use per --quota-window (default: no quota; also $ATELIER_QUOTA_SECONDS)",
+    )
+    parser.add_argument("--quota-window", type=float, default=60.0, metavar="MINUTES", help="the quota's sliding window")
+    parser.add_argument(
+        "--behind-proxy",
+        action="store_true",
+        help="the app is reachable only through a reverse proxy that appends the visitor's address to "
+        "X-Forwarded-For (implied on a Hugging Face Space; --share's tunnel needs nothing): clients are told apart by it",
+    )
     parser.add_argument("--max-image-side", type=int, default=1024, help="largest image width or height a request may ask for")
     parser.add_argument("--max-image-pixels", type=int, default=40_000_000, help="uploads declaring more pixels are refused")
     parser.add_argument(
@@ -91,6 +105,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="image safety checker for every model; auto: as models.yaml says per model, on when --share",
     )
     return parser.parse_args(argv)
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    return float(value) if value else None
 
 
 def resolve_device(requested: str) -> str:
@@ -148,6 +167,7 @@ def build_app(
     catalog: Catalog,
     manager: MemoryManager,
     wrappers: dict[str, dict[str, Wrapper]],
+    serving: Serving,
     access: Access = Access(),
     outputs: Path = HostSettings.output_dir,
 ) -> Any:
@@ -169,7 +189,7 @@ def build_app(
                         gr.Markdown(f"No **{task}** models are configured. Add some under `tasks.{task}` in models.yaml.")
                         continue
                     module_name, function = builder_path.split(":")
-                    options = {"fallback": group.fallback} if group.fallback else {}
+                    options = {"serving": serving} | ({"fallback": group.fallback} if group.fallback else {})
                     parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
             bridge.connect(tabs, parts)  # before History, which records the runs the bridge adds too
             with gr.Tab(HISTORY_TITLE, id="history"):
@@ -177,7 +197,7 @@ def build_app(
                 build_history_tab(tabs, hooks, {task: TABS[task][0] for task in hooks}, outputs)
             with gr.Tab(SYSTEM_TITLE, id="system"):
                 labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
-                build_system_tab(manager, labels, access, demo, tabs, SYSTEM_TITLE)
+                build_system_tab(manager, serving, labels, access, demo, tabs, SYSTEM_TITLE)
     return demo
 
 
@@ -215,7 +235,12 @@ def main(argv: list[str] | None = None) -> None:
         wrappers = build_wrappers(catalog, manager, host)
     except CatalogError as exc:
         raise SystemExit(f"error: {exc}") from None
-    demo = build_app(catalog, manager, wrappers, access, args.outputs)
+    # One fair queue for the device: every request that runs a model waits in it (modules/serving/).
+    serving = Serving(
+        FairQueue(max_waiting=args.queue_size, quota=Quota(args.quota_seconds, args.quota_window * 60)),
+        trust_forwarded=args.behind_proxy or "SPACE_ID" in os.environ,
+    )
+    demo = build_app(catalog, manager, wrappers, serving, access, args.outputs)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)
@@ -230,12 +255,14 @@ def main(argv: list[str] | None = None) -> None:
         server_port=args.port,
         share=args.share,
         auth=auth,
+        # Device events start at once and wait in the fair queue, each holding a worker thread.
+        max_threads=args.queue_size + 16,
         max_file_size="20mb",
         allowed_paths=[str(args.outputs)],  # generated files are served from --outputs only
         mcp_server=args.mcp,
         # The OpenAI-compatible API: a sibling of the tabs on the same server (see modules/api/openai.py).
-        app_kwargs={"routes": openai_routes(wrappers, host, api_keys=parse_api_keys(args.api_key),
-                                            login_required=auth is not None, max_waiting=args.queue_size)},
+        app_kwargs={"routes": openai_routes(wrappers, host, serving, api_keys=parse_api_keys(args.api_key),
+                                            login_required=auth is not None)},
     )
 
 

@@ -30,7 +30,7 @@ GENERATION = {
     "/generate_3d": "prompt",
     "/generate_3d_from_image": "image",
 }
-SYSTEM = {"/system_status", "/system_memory", "/unload_model"}
+SYSTEM = {"/system_status", "/system_memory", "/system_queue", "/unload_model"}
 #: The one vocabulary every generation endpoint draws its parameter names from.
 VOCABULARY = {
     "prompt", "negative_prompt", "model", "seed", "steps", "guidance", "width", "height", "duration",

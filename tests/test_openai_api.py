@@ -22,8 +22,9 @@ from openai import OpenAI
 from PIL import Image
 
 from modules.api.errors import APIError
-from modules.api.running import DeviceQueue
+from modules.api.running import DeviceTurn
 from modules.catalog import load_catalog
+from modules.serving import FairQueue, Serving
 from modules.wrappers import wrapper_tasks
 from tests.conftest import ROOT, AppServer, model_row
 
@@ -171,25 +172,26 @@ def test_a_model_without_its_files_is_unavailable_not_swapped(chat_api: OpenAI) 
     assert "hf download HuggingFaceTB/SmolLM2-1.7B-Instruct" in caught.value.message
 
 
-def test_the_device_queue_serves_one_run_at_a_time_and_refuses_beyond_its_size() -> None:
+def test_api_requests_wait_in_the_fair_queue_and_are_refused_beyond_its_size() -> None:
     async def scenario() -> list[str]:
-        queue = DeviceQueue(max_waiting=1)
+        serving = Serving(FairQueue(max_waiting=1))
         order: list[str] = []
+        first = DeviceTurn(serving, "key:a", "chat:x")
+        await first.acquire()
 
         async def second() -> None:
-            async with queue.slot():
+            async with DeviceTurn(serving, "key:b", "chat:x").held():
                 order.append("second ran")
 
-        await queue.acquire()
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(second)
-            await anyio.wait_all_tasks_blocked()  # `second` now waits for the slot
-            assert queue.waiting == 1 and order == []
+            while serving.queue.state().waiting == 0:  # `second` joins from a worker thread
+                await anyio.sleep(0.01)
             with pytest.raises(APIError) as caught:
-                await queue.acquire()
+                await DeviceTurn(serving, "key:c", "chat:x").acquire()
             assert caught.value.status == 429 and caught.value.code == "queue_full"
             order.append("first done")
-            queue.release()
+            first.release()
         return order
 
     assert anyio.run(scenario) == ["first done", "second ran"]

@@ -13,11 +13,12 @@ import json, sys
 import app
 from modules.catalog import load_catalog
 from modules.memory import MemoryManager
+from modules.serving import FairQueue, Serving
 from modules.wrappers import wrapper_tasks
 from modules.wrappers.base import HostSettings
 catalog = load_catalog("models.yaml", wrapper_tasks())
 manager = MemoryManager("cpu")
-app.build_app(catalog, manager, app.build_wrappers(catalog, manager, HostSettings()))
+app.build_app(catalog, manager, app.build_wrappers(catalog, manager, HostSettings()), Serving(FairQueue()))
 print(json.dumps(sorted(name for name in ("torch", "transformers", "diffusers", "llama_cpp", "gguf") if name in sys.modules)))
 """
 

@@ -29,16 +29,20 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: 
 class APIError(Exception):
     """An error response in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, retry_after: int | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.retry_after = retry_after  # seconds, sent as Retry-After (which OpenAI's clients honour)
 
     def body(self) -> dict[str, Any]:
         kind = ERROR_TYPES.get(self.status, "server_error")
         return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
     def response(self, headers: Mapping[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=headers)
+        retry = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        return JSONResponse(self.body(), status_code=self.status, headers={**retry, **(headers or {})})
 
 
 def from_wrapper_error(exc: Exception, params: Mapping[str, str]) -> APIError:

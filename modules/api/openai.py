@@ -34,7 +34,8 @@ from starlette.routing import BaseRoute, Mount
 
 from modules.api.access import RequireKey
 from modules.api.errors import APIError, api_error, from_wrapper_error, http_error, invalid_body
-from modules.api.running import BlockingRun, DeviceQueue, EventStream
+from modules.api.running import BlockingRun, DeviceTurn, EventStream, api_client
+from modules.serving import Serving
 from modules.api.schemas import ChatCompletionRequest, ChatMessage, ImageRequest
 from modules.wrappers.base import HostSettings, Wrapper
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
@@ -62,13 +63,13 @@ SYSTEM_ROLES = ("system", "developer")
 def openai_routes(
     wrappers: Mapping[str, Mapping[str, Wrapper]],
     host: HostSettings,
+    serving: Serving,
     *,
     api_keys: tuple[str, ...],
     login_required: bool,
-    max_waiting: int,
 ) -> list[BaseRoute]:
     """The /v1 routes, for the app Gradio launches (`launch(app_kwargs={"routes": ...})`)."""
-    api = build_openai_app(wrappers, host, max_waiting=max_waiting)
+    api = build_openai_app(wrappers, host, serving)
     if api_keys or login_required:
         api.add_middleware(RequireKey, keys=api_keys)
         if not api_keys:
@@ -76,12 +77,11 @@ def openai_routes(
     return [Mount("/v1", app=api)]
 
 
-def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSettings, max_waiting: int) -> FastAPI:
+def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSettings, serving: Serving) -> FastAPI:
     api = FastAPI(title="Atelier OpenAI-compatible API", docs_url=None, redoc_url=None, openapi_url=None)
     api.add_exception_handler(APIError, api_error)  # type: ignore[arg-type]
     api.add_exception_handler(RequestValidationError, invalid_body)  # type: ignore[arg-type]
     api.add_exception_handler(HTTPException, http_error)  # type: ignore[arg-type]
-    queue = DeviceQueue(max_waiting)
     started = int(time.time())
 
     def find(task: str, model_id: str) -> Any:
@@ -92,9 +92,13 @@ def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSe
                                 f"(models: {served}).", param="model", code="model_not_found")
         return group[model_id]
 
-    async def run_to_end(items: Iterator[Any], params: Mapping[str, str]) -> Any:
+    def turn(request: Request, kind: str, wrapper: Wrapper) -> DeviceTurn:
+        """The request's turn in the device's fair queue; the queue learns each kind's time per request."""
+        return DeviceTurn(serving, api_client(serving, request), f"{kind}:{wrapper.entry.id}")
+
+    async def run_to_end(items: Iterator[Any], params: Mapping[str, str], device: DeviceTurn) -> Any:
         """A wrapper's last item, run off the event loop once the device is this request's."""
-        async with queue.slot():
+        async with device.held():
             with translated(params):
                 return await BlockingRun(items).last()
 
@@ -113,7 +117,7 @@ def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSe
         raise APIError(404, f"The model {model_id!r} does not exist here.", param="model", code="model_not_found")
 
     @api.post("/chat/completions", response_model=None)
-    async def chat_completions(body: ChatCompletionRequest) -> dict[str, Any] | EventStream:
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> dict[str, Any] | EventStream:
         wrapper: ChatWrapper = find("chat", body.model)
         system, history, message = split_conversation(body.messages, host.max_prompt_chars)
         max_tokens = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
@@ -130,23 +134,24 @@ def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSe
             wrapper.check_inputs(message, history, wrapper.settings(**overrides))
         reply = Reply(wrapper.entry.id)
         if not body.stream:
-            final = await run_to_end(wrapper.generate(message, history, **overrides), params)
+            final = await run_to_end(wrapper.generate(message, history, **overrides), params, turn(request, "chat", wrapper))
             assert isinstance(final, ChatProgress) and final.done
             return reply.completion(final)
         # Streaming: the first reply (or error) arrives before the response starts, so errors keep their status.
         run = BlockingRun(wrapper.generate(message, history, **overrides))
-        await queue.acquire()
+        device = turn(request, "chat", wrapper)
+        await device.acquire()
         try:
             with translated(params):
                 first = await run.next()
         except BaseException:
             await run.close()
-            queue.release()
+            device.release()
             raise
 
         async def close() -> None:
             await run.close()
-            queue.release()
+            device.release()
 
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return EventStream(reply.events(first, run, params, include_usage), on_close=close)
@@ -158,7 +163,7 @@ def build_openai_app(wrappers: Mapping[str, Mapping[str, Wrapper]], host: HostSe
         overrides = {"width": width, "height": height, "batch": body.n, "seed": body.seed}
         with translated(IMAGE_PARAMS):
             wrapper.check_inputs(body.prompt, wrapper.settings(**overrides))
-        result = await run_to_end(wrapper.generate(body.prompt, **overrides), IMAGE_PARAMS)
+        result = await run_to_end(wrapper.generate(body.prompt, **overrides), IMAGE_PARAMS, turn(request, "openai-image", wrapper))
         assert isinstance(result, ImageResult)
         if not result.images:
             raise APIError(400, f"The safety checker withheld all {result.withheld} image(s).",

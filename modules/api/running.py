@@ -1,53 +1,71 @@
-"""Running the wrappers' blocking generators from the event loop: one at a time, and stoppable.
+"""Running the wrappers' blocking generators from the event loop: in the device's turn, and stoppable.
 
-The page's requests wait in Gradio's queue, which is internal to Gradio. The API's requests wait here,
-in a queue of their own for the device (one run at a time, in arrival order). Both go through the one
-memory manager, whose leases keep each model in place while it serves; the two queues are not yet
-one fair queue (issue 11), so a page request and an API request may run side by side.
+The API's requests wait in the same fair queue as the page's and the Gradio API's (modules/serving/),
+each charged to its client: the API key when one was sent, else the caller's address.
 
 A stream notices a client that leaves and stops its run; a non-streaming request runs to its end.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Generic, TypeVar
 
 import anyio
 from anyio.to_thread import run_sync
+from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from modules.api.errors import APIError
+from modules.serving import OverQuota, QueueFull, Serving, Ticket
 
 T = TypeVar("T")
 _DONE = object()
+#: How long one wait for the turn blocks a worker thread; a cancelled request leaves the queue after it.
+WAIT_SLICE_SECONDS = 0.5
 
 
-class DeviceQueue:
-    """One API run on the device at a time; `max_waiting` more may wait, the rest are refused."""
+def api_client(serving: Serving, request: Request) -> str:
+    """The client an API request is charged to: its key (hashed: keys are secrets), else its address."""
+    scheme, _, key = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and key:
+        return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    return serving.client(request)
 
-    def __init__(self, max_waiting: int) -> None:
-        self.max_waiting = max_waiting
-        self.waiting = 0
-        self._slot = anyio.Semaphore(1)  # not a Lock: a stream's slot is released by the response's task
+
+class DeviceTurn:
+    """One API request's turn on the device, from the shared fair queue."""
+
+    def __init__(self, serving: Serving, client: str, kind: str) -> None:
+        self.serving, self.client, self.kind = serving, client, kind
+        self.ticket: Ticket | None = None
 
     async def acquire(self) -> None:
-        if self._slot.value == 0 and self.waiting >= self.max_waiting:
-            raise APIError(429, f"The queue is full ({self.waiting} requests waiting); try again shortly.",
-                           code="queue_full")
-        self.waiting += 1
+        """Wait for the turn; a 429 (with the exact wait for a quota) when the request cannot wait."""
+        queue = self.serving.queue
         try:
-            await self._slot.acquire()
-        finally:
-            self.waiting -= 1
+            self.ticket = queue.join(self.client, self.kind)
+            while not await run_sync(queue.wait, self.ticket, WAIT_SLICE_SECONDS):
+                pass
+        except QueueFull as exc:
+            self.release()
+            raise APIError(429, str(exc), code="queue_full") from None
+        except OverQuota as exc:
+            self.release()
+            raise APIError(429, str(exc), code="quota_exceeded", retry_after=exc.retry_after) from None
+        except BaseException:  # cancelled while waiting: give the place up
+            self.release()
+            raise
 
     def release(self) -> None:
-        self._slot.release()
+        if self.ticket is not None:
+            self.serving.queue.leave(self.ticket)
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def held(self) -> AsyncIterator[None]:
         """Hold the device for the block."""
         await self.acquire()
         try:

@@ -9,8 +9,9 @@ from typing import Any
 
 import gradio as gr
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_choice,
     api_endpoint,
     api_model,
@@ -20,6 +21,8 @@ from modules.tabs.common import (
     errors_in_place,
     example_file,
     examples,
+    on_device,
+    status_update,
     model_dropdown,
     model_notes,
     pick,
@@ -55,7 +58,11 @@ class CaptionTab:
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
     notes = f" · note: {'; '.join(result.notes)}" if result.notes else ""
-    return f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · {model_name}{notes}"
+    together = f" · one pass with {result.batch - 1} other request{'s' if result.batch > 2 else ''}" if result.batch > 1 else ""
+    return (
+        f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · "
+        f"{model_name}{together}{notes}"
+    )
 
 
 def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
@@ -63,7 +70,11 @@ def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
     return Path(str(settings.get("image") or "")).name, settings.get("model")
 
 
-def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> CaptionTab:
+#: Captions that agree on these run together, in one forward pass, when they wait at the same time.
+BATCH_BY = ("model", "prefix", "decoding", "num_beams", "top_p", "temperature", "max_new_tokens")
+
+
+def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serving: Serving) -> CaptionTab:
     first = wrappers[default]
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
@@ -149,16 +160,17 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
 
     outputs = [seen, caption_text, stats]
     event = run.click(
-        caption_from_page,
+        on_device(serving, caption_from_page, "caption", status_update(3), default=default, batch=BATCH_BY),
         [upload, model, prefix, decoding, beams, top_p, temperature, max_length],
         outputs,
         api_name="caption_from_page",  # private; the public name belongs to the API endpoint below
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
         show_progress_on=caption_text,
     )
     bring_into_view([run.click], "caption-output")
     api_endpoint(
+        serving,
         caption,
         [
             upload,
@@ -172,6 +184,9 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str) -> C
         ],
         outputs,
         api_name="caption",
+        kind="caption",
+        default=default,
+        batch=BATCH_BY,
     )
     stop.click(None, cancels=[event], api_visibility="private")
 

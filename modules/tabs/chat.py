@@ -6,16 +6,21 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import gradio as gr
+from gradio.context import LocalContext
 
+from modules.serving import Serving
 from modules.tabs.common import (
+    DEVICE_EVENT,
     api_model,
     as_user_error,
     api_number,
     api_text,
     model_dropdown,
     model_notes,
+    on_device,
     pick,
     setting_slider,
+    status_update,
     throttle,
     user_errors,
 )
@@ -66,7 +71,14 @@ def stats_line(progress: ChatProgress, model_name: str) -> str:
     )
 
 
-def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: str | None = None) -> None:
+def waiting_note(line: str) -> gr.ChatMessage:
+    """The reply's place holder while the request waits for the device."""
+    return gr.ChatMessage(role="assistant", content="", metadata={"title": line, "status": "pending"})
+
+
+def build_chat_tab(
+    wrappers: Mapping[str, ChatWrapper], default: str, serving: Serving, fallback: str | None = None
+) -> None:
     first = wrappers[default]
     with gr.Row():
         model = model_dropdown(wrappers, default)
@@ -165,19 +177,25 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
 
     model.change(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
 
+    respond_in_turn = on_device(serving, respond, "chat", waiting_note, default=default, refused=not_answered)
+
+    def respond_from_page(message: str, history: list[dict[str, Any]], *settings: Any) -> Iterator[Any]:
+        # ChatInterface calls its function itself, without Gradio filling in a `gr.Request`; the request
+        # is in Gradio's context (ChatInterface reads it there for its own examples).
+        yield from respond_in_turn(message, history, *settings, LocalContext.request.get(None))
+
     gr.ChatInterface(
-        respond,
+        respond_from_page,
         additional_inputs=[model, system_prompt, temperature, top_p, max_new_tokens],
         examples=[["Write a haiku about the ocean."], ["Explain what a GPU does, in two sentences."]],
         cache_examples=False,
         api_visibility="private",  # the page's conversation; API callers use the stateless /chat below
         fill_height=False,
         stop_btn=True,
-        # One reply at a time: ChatInterface takes no concurrency_id, so chat has its own queue of one.
-        concurrency_limit=1,
+        **DEVICE_EVENT,  # replies wait for the device in its fair queue, like every other model's work
     )
     gr.Button(visible=False).click(
-        chat,
+        on_device(serving, chat, "chat", status_update(2), page=False, default=default),
         [
             api_text("message"),
             gr.JSON(value=None, label="history", visible=False),
@@ -189,5 +207,5 @@ def build_chat_tab(wrappers: Mapping[str, ChatWrapper], default: str, fallback: 
         ],
         [api_text("reply"), api_text("stats")],
         api_name="chat",
-        concurrency_limit=1,
+        **DEVICE_EVENT,
     )

@@ -7,22 +7,24 @@ import html
 import inspect
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
 import gradio as gr
 from annotated_types import Ge, Gt, Le, Lt
 
 from modules.memory import MemoryManagerError
+from modules.serving import OverQuota, QueueFull, Serving
+from modules.serving.zerogpu import gpu_seconds, on_gpu
 from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Step, Wrapper
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
-#: Every generation event joins this one queue, so a single device serves one request at a time.
-DEVICE_QUEUE = "device"
+#: How often a request waiting for the device is told its place and wait.
+WAIT_UPDATE_SECONDS = 1.0
 #: How often a stepped generation sends its status line (and so how soon Stop can take effect).
 STATUS_SECONDS = 0.25
 USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
@@ -64,6 +66,11 @@ def user_errors(fn: F) -> F:
     return plain  # type: ignore[return-value]
 
 
+def status_update(outputs: int, status: int = -1) -> Callable[[str], tuple[Any, ...]]:
+    """An update of an event's status line (output `status` of `outputs`) that leaves the others as they are."""
+    return lambda line: tuple(line if i == status % outputs else gr.skip() for i in range(outputs))
+
+
 def errors_in_place(updates: Iterable[tuple[Any, ...]], outputs: int, status: int = -1) -> Iterator[tuple[Any, ...]]:
     """For a page event: a failure is written into its status line (output `status` of `outputs`), and
     every other output keeps what it shows, instead of a fading toast and "Error" pills over the outputs.
@@ -74,8 +81,7 @@ def errors_in_place(updates: Iterable[tuple[Any, ...]], outputs: int, status: in
     try:
         yield from updates
     except gr.Error as exc:
-        line = f"Not done: {exc.message}"
-        yield tuple(line if i == status % outputs else gr.skip() for i in range(outputs))
+        yield status_update(outputs, status)(f"Not done: {exc.message}")
 
 
 def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
@@ -244,13 +250,107 @@ def api_choice(name: str, choices: list[str]) -> gr.Dropdown:
     return named_errors(gr.Dropdown(choices=choices, value=None, label=name, visible=False))
 
 
-def api_endpoint(fn: Callable[..., Any], inputs: list[Any], outputs: list[Any], api_name: str) -> None:
-    """A named API and MCP endpoint in the device queue; nothing on the page triggers it.
+#: Gradio starts device events at once; they wait for the device in the fair queue (`on_device`).
+DEVICE_EVENT: dict[str, Any] = {"concurrency_limit": None}
+#: How a device event sizes its request for the queue: its arguments (by name) -> units of work.
+Work = Callable[[Mapping[str, Any]], float]
+
+
+def on_device(
+    serving: Serving,
+    fn: Callable[..., Iterator[Any]],
+    kind: str,
+    show: Callable[[str], Any],
+    page: bool = True,
+    work: Work | None = None,
+    default: str | None = None,
+    refused: Callable[[str], Any] | None = None,
+    batch: Sequence[str] = (),
+) -> Callable[..., Iterator[Any]]:
+    """`fn` (a generator handler) run in its turn from the device's fair queue, for any event.
+
+    While it waits, `show(line)` updates say its place and estimated wait. A request refused (quota,
+    full queue) gets `refused(message)` on the page (default: `show("Not done: ...")`) and a `gr.Error`
+    through the API. The turn ends however the handler does: finished, failed, stopped or its client
+    gone. The queue learns the rate of `kind` per model (`default` when the request names none), in
+    units of `work(arguments)` (default: 1 per request); the same estimate sizes a ZeroGPU request.
+    Requests whose arguments named in `batch` are equal may run together in one turn (the wrapper then
+    batches them).
+
+    The handler's signature gains a `request: gr.Request` parameter, which Gradio fills in.
+    """
+    signature = inspect.signature(fn)
+
+    def describe(arguments: Mapping[str, Any]) -> tuple[str, float]:
+        try:
+            units = float(work(arguments)) if work else 1.0
+        except (TypeError, ValueError):  # a bad setting: the handler refuses it by name in its turn
+            units = 1.0
+        return f"{kind}:{arguments.get('model') or default}", units
+
+    def duration(*args: Any, **kwargs: Any) -> int:
+        return gpu_seconds(serving.queue.estimate(*describe(signature.bind(*args, **kwargs).arguments)))
+
+    run_on_gpu = on_gpu(fn, duration)
+
+    @functools.wraps(fn)
+    def in_turn(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        arguments = with_request.bind(*args, **kwargs).arguments
+        request = arguments.pop("request", None)
+        call = signature.bind(**arguments)
+        try:
+            together = (kind, *(repr(call.arguments.get(name)) for name in batch)) if batch else None
+            ticket = serving.queue.join(serving.client(request), *describe(call.arguments), batch_key=together)
+        except (QueueFull, OverQuota) as refusal:
+            yield from refuse(refusal)
+            return
+        try:
+            granted = serving.queue.wait(ticket, timeout=0)
+            while not granted:
+                yield show(serving.queue.place(ticket).describe())
+                granted = serving.queue.wait(ticket, WAIT_UPDATE_SECONDS)
+            yield from run_on_gpu(*call.args, **call.kwargs)
+        except OverQuota as refusal:  # went over quota while it waited
+            yield from refuse(refusal)
+        finally:
+            serving.queue.leave(ticket)
+
+    def refuse(refusal: Exception) -> Iterator[Any]:
+        if not page:
+            raise gr.Error(str(refusal), print_exception=False)
+        yield refused(str(refusal)) if refused else show(f"Not done: {refusal}")
+
+    request_parameter = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None)
+    with_request = signature.replace(parameters=[*signature.parameters.values(), request_parameter])
+    in_turn.__signature__ = with_request  # type: ignore[attr-defined]
+    try:
+        hints = get_type_hints(fn)
+    except (NameError, TypeError):
+        hints = {}
+    in_turn.__annotations__ = {**hints, "request": gr.Request}  # how Gradio knows to pass the request
+    return in_turn
+
+
+def api_endpoint(
+    serving: Serving,
+    fn: Callable[..., Iterator[Any]],
+    inputs: list[Any],
+    outputs: list[Any],
+    api_name: str,
+    kind: str,
+    work: Work | None = None,
+    default: str | None = None,
+    batch: Sequence[str] = (),
+) -> None:
+    """A named API and MCP endpoint that takes its turn in the device's fair queue; nothing on the page
+    triggers it. Its last output is its status line, where waiting requests see their place.
 
     Its inputs are the API's own (the main input, then `api_*` parameters), so API callers get one
     vocabulary and the chosen model's defaults, while the page keeps its own controls and events.
     """
-    gr.Button(visible=False).click(fn, inputs, outputs, api_name=api_name, concurrency_id=DEVICE_QUEUE)
+    handler = on_device(serving, fn, kind, status_update(len(outputs)), page=False, work=work, default=default, batch=batch)
+    gr.Button(visible=False).click(handler, inputs, outputs, api_name=api_name, **DEVICE_EVENT)
+
 
 
 def api_model(wrappers: Mapping[str, Wrapper]) -> gr.Dropdown:

@@ -8,8 +8,9 @@ from typing import Any
 
 import gradio as gr
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_choice,
     api_endpoint,
     api_model,
@@ -21,12 +22,14 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_device,
     pick,
     request_seed,
     run_buttons,
     setting_slider,
     settings_panel,
     step_progress,
+    status_update,
     stepped_outputs,
     user_errors,
 )
@@ -81,8 +84,14 @@ def stats_line(result: ImageResult, model_name: str) -> str:
     )
 
 
-def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) -> ImageTab:
+def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, serving: Serving) -> ImageTab:
     first = wrappers[default]
+
+    def work(arguments: Mapping[str, Any]) -> float:
+        """Steps times images times pixels (in 512x512 images): what a run's time grows with."""
+        d = wrappers.get(arguments.get("model"), first).defaults
+        size = (arguments.get("width") or d.width) * (arguments.get("height") or d.height) / 512**2
+        return (arguments.get("steps") or d.num_steps) * (arguments.get("batch") or d.batch) * size
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             model = model_dropdown(wrappers, default)
@@ -196,15 +205,16 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
     outputs = [gallery, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
-        generate_from_page,
+        on_device(serving, generate_from_page, "image", status_update(5, 3), work=work, default=default),
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
         [*outputs, selected],
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
         show_progress_on=gallery,
     )
     bring_into_view([run.click, prompt.submit], "image-output")
     api_endpoint(
+        serving,
         generate_image,
         [
             api_text("prompt"),
@@ -220,6 +230,9 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str) 
         ],
         outputs,
         api_name="generate_image",
+        kind="image",
+        work=work,
+        default=default,
     )
     stop.click(stopped_line, stats, stats, cancels=[event], api_visibility="private")
 

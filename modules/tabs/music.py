@@ -11,8 +11,9 @@ from typing import Any
 import gradio as gr
 import numpy as np
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_endpoint,
     api_model,
     api_number,
@@ -23,11 +24,13 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_device,
     pick,
     request_seed,
     run_buttons,
     setting_slider,
     settings_panel,
+    status_update,
     step_progress,
     user_errors,
 )
@@ -70,8 +73,12 @@ def stopped_line(status: str | None) -> Any:
     return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
 
 
-def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) -> Made:
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> Made:
     first = wrappers[default]
+
+    def work(arguments: Mapping[str, Any]) -> float:
+        """Seconds of audio: what a run's time grows with."""
+        return arguments.get("duration") or wrappers.get(arguments.get("model"), first).defaults.duration
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=320):
             model = model_dropdown(wrappers, default)
@@ -188,15 +195,16 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
 
     outputs = [live, status, seed, *players, files]
     event = run.click(
-        generate_from_page,
+        on_device(serving, generate_from_page, "music", status_update(len(outputs), 1), work=work, default=default),
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
         outputs,
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
         show_progress_on=live,
     )
     bring_into_view([run.click], "music-output")
     api_endpoint(
+        serving,
         generate_music,
         [
             api_text("prompt"),
@@ -210,6 +218,9 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str) 
         ],
         outputs,
         api_name="generate_music",
+        kind="music",
+        work=work,
+        default=default,
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
     stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")

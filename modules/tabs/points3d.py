@@ -11,8 +11,9 @@ from typing import Any
 
 import gradio as gr
 
+from modules.serving import Serving
 from modules.tabs.common import (
-    DEVICE_QUEUE,
+    DEVICE_EVENT,
     api_endpoint,
     api_file,
     api_model,
@@ -23,9 +24,11 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_device,
     pick,
     request_seed,
     setting_slider,
+    status_update,
     stepped_outputs,
     user_errors,
 )
@@ -101,7 +104,7 @@ def status_line(step: StageStep) -> str:
     return f"{STAGE_LABELS[step.stage]}: {step.step} of {step.total}"
 
 
-def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> Points3DTab:
+def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serving: Serving) -> Points3DTab:
     text_wrappers = {k: w for k, w in wrappers.items() if w.condition == "text"}
     image_wrappers = {k: w for k, w in wrappers.items() if w.condition == "image"}
     text_default = default if default in text_wrappers else next(iter(text_wrappers), None)
@@ -250,33 +253,39 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str) -> P
             api_number("mesh_grid", wrapper),
         ]
 
+    def work(arguments: Mapping[str, Any]) -> float:
+        """Steps per stage: what a run's time grows with."""
+        return arguments.get("steps") or wrappers.get(arguments.get("model"), first).defaults.num_steps
+
     outputs = [viewer, mesh_viewer, downloads, seed_used, stats]
+    show = status_update(len(outputs))
+    from_text_page = on_device(serving, generate_from_page, "3d", show, work=work, default=text_default)
+    from_image_page = on_device(serving, generate_from_image_page, "3d", show, work=work, default=image_default)
     event = gr.on(
         [run.click, prompt.submit],
-        generate_from_page,
+        from_text_page,
         [prompt, model, guidance, steps, seed, randomise, make_mesh, mesh_grid],
         outputs,
         api_visibility="private",
-        concurrency_id=DEVICE_QUEUE,
+        **DEVICE_EVENT,
     )
     image_inputs = [image, image_model, guidance, steps, seed, randomise, make_mesh, mesh_grid]
-    image_events = [
-        run_image.click(
-            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
-        )
-    ]
+    image_events = [run_image.click(from_image_page, image_inputs, outputs, api_visibility="private", **DEVICE_EVENT)]
     runs = [event, *image_events]  # for History; the bridge's "Make 3D" adds its chained run
     if text_wrappers:
         endpoint_inputs = [api_text("prompt"), api_model(text_wrappers), *api_settings(wrappers[text_default])]
-        api_endpoint(generate_3d, endpoint_inputs, outputs, api_name="generate_3d")
+        api_endpoint(
+            serving, generate_3d, endpoint_inputs, outputs, api_name="generate_3d", kind="3d", work=work, default=text_default
+        )
     if image_wrappers:
         endpoint_inputs = [api_file("image"), api_model(image_wrappers), *api_settings(wrappers[image_default])]
-        api_endpoint(generate_3d_from_image, endpoint_inputs, outputs, api_name="generate_3d_from_image")
+        api_endpoint(
+            serving, generate_3d_from_image, endpoint_inputs, outputs, api_name="generate_3d_from_image", kind="3d",
+            work=work, default=image_default,
+        )  # fmt: skip
 
     def run_from_image(after: Any) -> Any:
-        chained = after.then(
-            generate_from_image_page, image_inputs, outputs, api_visibility="private", concurrency_id=DEVICE_QUEUE
-        )
+        chained = after.then(from_image_page, image_inputs, outputs, api_visibility="private", **DEVICE_EVENT)
         image_events.append(chained)
         runs.append(chained)
         stop.click(None, cancels=[chained], api_visibility="private")

@@ -6,6 +6,7 @@ Everyone sees the state; only the host (modules/roles.py) sees and may use the U
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ import gradio as gr
 
 from modules.memory import MemoryManager, format_bytes
 from modules.roles import Access
+from modules.serving import Serving
 from modules.tabs.common import user_errors
 
 COLUMNS = ["model", "key", "state", "size", "in use", "last load (s)", "loads"]
@@ -35,22 +37,18 @@ def status_rows(manager: MemoryManager, labels: Mapping[str, str]) -> list[list[
     ]
 
 
-def queue_counts(blocks: gr.Blocks) -> tuple[int, int] | None:
-    """(running, waiting) events in Gradio's queue, read from its own bookkeeping; None before it starts."""
-    queue = getattr(blocks, "_queue", None)
-    if queue is None or not hasattr(queue, "get_active_worker_count"):
-        return None
-    return queue.get_active_worker_count(), len(queue)
-
-
-def summary(manager: MemoryManager, queue: tuple[int, int] | None = None) -> str:
+def summary(manager: MemoryManager, serving: Serving, request: gr.Request | None = None) -> str:
+    """The device, its memory, its fair queue and, for the visitor asking, their own quota."""
+    queue = serving.queue.state()
     line = (
         f"**Device:** `{manager.device}` · **budget:** {format_bytes(manager.budget.limit())} · "
         f"**in use:** {format_bytes(manager.used_bytes())} · "
-        f"**offloaded to CPU RAM:** {format_bytes(manager.offloaded_bytes())}"
+        f"**offloaded to CPU RAM:** {format_bytes(manager.offloaded_bytes())} · "
+        f"**queue:** {queue.running} running, {queue.waiting} waiting from {queue.clients_waiting} "
+        f"client{'s' if queue.clients_waiting != 1 else ''}"
     )
-    if queue is not None:
-        line += f" · **queue:** {queue[0]} running, {queue[1]} waiting"
+    if request is not None:
+        line += f"\n\n**You:** {serving.queue.usage(serving.client(request)).describe()}"
     return line
 
 
@@ -60,18 +58,24 @@ def requester(request: gr.Request | None, profile: gr.OAuthProfile | None) -> tu
 
 
 def build_system_tab(
-    manager: MemoryManager, labels: Mapping[str, str], access: Access, blocks: gr.Blocks, tabs: gr.Tabs, title: str
+    manager: MemoryManager,
+    serving: Serving,
+    labels: Mapping[str, str],
+    access: Access,
+    blocks: gr.Blocks,
+    tabs: gr.Tabs,
+    title: str,
 ) -> None:
     """`labels` maps each registered model key to its display name; `tabs` and `title` say when this
-    tab is open (its refresh timer runs only then); `blocks` is the app, for its queue and page load."""
-    overview = gr.Markdown(summary(manager))
+    tab is open (its refresh timer runs only then); `blocks` is the app, for its page load."""
+    overview = gr.Markdown(summary(manager, serving))
     role = gr.Markdown()
     if access.space_owner is not None and access.admin is None:
         gr.LoginButton()  # Hugging Face OAuth: the Space's owner signs in to act as host
     table = gr.Dataframe(status_rows(manager, labels), headers=COLUMNS, interactive=False, label="Models")
 
-    def refresh() -> tuple[str, list[list[Any]]]:
-        return summary(manager, queue_counts(blocks)), status_rows(manager, labels)
+    def refresh(request: gr.Request | None = None) -> tuple[str, list[list[Any]]]:
+        return summary(manager, serving, request), status_rows(manager, labels)
 
     def require_host(request: gr.Request | None, profile: gr.OAuthProfile | None) -> None:
         if not access.is_host(*requester(request, profile)):
@@ -83,7 +87,7 @@ def build_system_tab(
         if key not in labels:
             raise gr.Error(f"unknown model {key!r}")
         manager.unload(key)
-        return refresh()
+        return refresh(request)
 
     with gr.Column(visible=False) as host_controls:
         gr.Markdown("### Unload a model\nFrees its memory now; it loads again on its next use.")
@@ -108,14 +112,31 @@ def build_system_tab(
 
     def system_memory() -> dict[str, Any]:
         """The summary line's figures in bytes (device budget, in use, offloaded) and the queue's counts."""
-        running, waiting = queue_counts(blocks) or (0, 0)
+        queue = serving.queue.state()
         return {
             "device": manager.device,
             "budget": manager.budget.limit(),
             "used": manager.used_bytes(),
             "offloaded": manager.offloaded_bytes(),
-            "queue_running": running,
-            "queue_waiting": waiting,
+            "queue_running": queue.running,
+            "queue_waiting": queue.waiting,
+        }
+
+    def system_queue(request: gr.Request) -> dict[str, Any]:
+        """The device's fair queue (requests running, waiting, and from how many clients), and the calling
+        client's own quota: device-seconds used in the window, the limit (None: no quota), and
+        `retry_after`, the seconds until it may run again when over quota (else None)."""
+        queue, client = serving.queue.state(), serving.client(request)
+        usage = serving.queue.usage(client)
+        return {
+            "running": queue.running,
+            "waiting": queue.waiting,
+            "clients_waiting": queue.clients_waiting,
+            "client": client,
+            "used_seconds": round(usage.used, 3),
+            "quota_seconds": usage.limit,
+            "window_seconds": usage.window,
+            "retry_after": None if usage.retry_after is None else math.ceil(usage.retry_after),
         }
 
     def unload_model(key: str, request: gr.Request, profile: gr.OAuthProfile | None) -> str:
@@ -125,15 +146,16 @@ def build_system_tab(
 
     gr.api(system_status, api_name="system_status")
     gr.api(system_memory, api_name="system_memory")
+    gr.api(system_queue, api_name="system_queue")
     gr.api(unload_model, api_name="unload_model")
     # Each open page would otherwise poll every 2 s whatever tab it shows: tick only while this tab is open.
     timer = gr.Timer(REFRESH_SECONDS, active=False)
     timer.tick(refresh, outputs=[overview, table], show_progress="hidden", api_visibility="private")
 
-    def follow(selected: gr.SelectData) -> tuple[Any, ...]:
+    def follow(selected: gr.SelectData, request: gr.Request) -> tuple[Any, ...]:
         """Start the timer (with a fresh view) when this tab is selected; stop it when another one is."""
         if selected.value != title:
             return gr.Timer(active=False), gr.skip(), gr.skip()
-        return gr.Timer(active=True), *refresh()
+        return gr.Timer(active=True), *refresh(request)
 
     tabs.select(follow, None, [timer, overview, table], api_visibility="private", queue=False)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field
 
-from modules.wrappers.base import OnStep, Settings, Step, Wrapper, check_prompt, relay_steps, resolve_seed
+from modules.catalog import ModelEntry
+from modules.memory import MemoryManager
+from modules.wrappers.base import HostSettings, OnStep, Settings, Step, Wrapper, check_prompt, relay_steps, resolve_seed
+from modules.wrappers.batching import Gather
 from modules.wrappers.images import LoadedImage, load_image
 from modules.wrappers.sampling import own_random_stream
 
@@ -38,6 +41,7 @@ class CaptionResult:
     seconds: float
     image: Any  # the RGB, upright picture the model saw (PIL)
     notes: tuple[str, ...]  # what was done to the upload (first frame of an animation, EXIF rotation, ...)
+    batch: int = 1  # requests captioned in the same forward pass
 
     @property
     def tokens_per_second(self) -> float:
@@ -66,30 +70,69 @@ class CaptionWrapper(Wrapper):
         text_bytes = beams * length * text.get("hidden_size", 768) * text.get("num_hidden_layers", 12) * 4 * element
         return vision_bytes + text_bytes
 
+    def __init__(self, entry: ModelEntry, manager: MemoryManager, host: HostSettings | None = None) -> None:
+        super().__init__(entry, manager, host)
+        # Captions with the same settings that reach the model together share one forward pass.
+        self._together: Gather[Request, tuple[str, int]] = Gather(self._caption_requests)
+
     def generate(self, image: object, on_step: OnStep | None = None, **overrides: Any) -> Iterator[Step | CaptionResult]:
-        """Yield a `Step` per generated token, then one `CaptionResult`; closing the generator stops it."""
-        # 1. Check inputs: decode and validate the upload before any model is touched
+        """Yield a `Step` per generated token, then one `CaptionResult`; closing the generator stops it.
+
+        Requests with the same settings that run at the same time are captioned in one batch."""
         settings = self.settings(**overrides)
-        loaded = self.check_inputs(image, settings)
-        # 2. Caption inside a lease
-        yield from self.manager.stream(
-            self, lambda model: self._timed(model, loaded, settings, on_step), working_bytes=self.working_bytes(settings)
-        )
+        with self._together.in_flight(settings.model_dump_json()) as submit:
+            # 1. Check inputs: decode and validate the upload before any model is touched
+            loaded = self.check_inputs(image, settings)
+            # 2. Caption inside a lease
+            yield from self.manager.stream(
+                self, lambda model: self._timed(model, loaded, settings, on_step, submit), working_bytes=self.working_bytes(settings)
+            )
 
     def _timed(
-        self, model: Any, loaded: LoadedImage, settings: CaptionSettings, on_step: OnStep | None
+        self,
+        model: Any,
+        loaded: LoadedImage,
+        settings: CaptionSettings,
+        on_step: OnStep | None,
+        submit: Callable[[Request], tuple[tuple[str, int], int]],
     ) -> Iterator[Step | CaptionResult]:
         started = time.perf_counter()
-        text, tokens = yield from relay_steps(
-            lambda report, stop: self._caption(model, loaded.image, settings, report, stop), on_step
+        (text, tokens), batch = yield from relay_steps(
+            lambda report, stop: submit(Request(model, loaded.image, settings, report, stop)), on_step
         )
-        yield CaptionResult(text.strip(), tokens, time.perf_counter() - started, loaded.image, loaded.notes)
+        yield CaptionResult(text.strip(), tokens, time.perf_counter() - started, loaded.image, loaded.notes, batch)
+
+    def _caption_requests(self, requests: list[Request]) -> list[tuple[str, int]]:
+        """One pass for requests that share settings (and so a model): every one sees every token's
+        progress, and the pass ends early only when all of them are stopped."""
+        first = requests[0]
+
+        def report(step: int, total: int) -> None:
+            for request in requests:
+                request.report(step, total)
+
+        def everyone_stopped() -> bool:
+            return all(request.stop.is_set() for request in requests)
+
+        return self._caption(first.model, [request.image for request in requests], first.settings, report, everyone_stopped)
 
     @abstractmethod
     def _caption(
-        self, model: Any, image: Any, settings: CaptionSettings, report: OnStep, stop: threading.Event
-    ) -> tuple[str, int]:
-        """Caption an RGB PIL image in the worker thread: report each token, end soon after `stop` is set."""
+        self, model: Any, images: list[Any], settings: CaptionSettings, report: OnStep, stopped: Callable[[], bool]
+    ) -> list[tuple[str, int]]:
+        """Caption RGB PIL images in one pass in the worker thread: (text, tokens) for each, in order;
+        report each token, end soon after `stopped()` turns true."""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One caller's share of a batch."""
+
+    model: Any
+    image: Any
+    settings: CaptionSettings
+    report: OnStep
+    stop: threading.Event
 
 
 @dataclass
@@ -115,19 +158,20 @@ class BlipCaptioner(CaptionWrapper):
         return [model.model]
 
     def _caption(
-        self, model: LoadedBlip, image: Any, settings: CaptionSettings, report: OnStep, stop: threading.Event
-    ) -> tuple[str, int]:
+        self, model: LoadedBlip, images: list[Any], settings: CaptionSettings, report: OnStep, stopped: Callable[[], bool]
+    ) -> list[tuple[str, int]]:
         import torch
         from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        inputs = model.processor(images=image, text=settings.prefix.strip() or None, return_tensors="pt")
+        prefix = settings.prefix.strip()
+        inputs = model.processor(images=images, text=[prefix] * len(images) if prefix else None, return_tensors="pt")
         inputs = _to(inputs, model.model)
         start = inputs["input_ids"].shape[1] - 1 if "input_ids" in inputs else 1  # BLIP drops the prompt's [SEP]
 
         class ReportAndStop(StoppingCriteria):
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
                 report(min(input_ids.shape[1] - start, settings.max_length), settings.max_length)
-                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+                return torch.full((input_ids.shape[0],), stopped(), dtype=torch.bool, device=input_ids.device)
 
         decoding = (
             {"num_beams": settings.num_beams, "do_sample": False}
@@ -143,8 +187,12 @@ class BlipCaptioner(CaptionWrapper):
                 stopping_criteria=StoppingCriteriaList([take_back, ReportAndStop()]),
                 **decoding,
             )
-        text = model.processor.decode(ids[0], skip_special_tokens=True)
-        return text, int(ids.shape[1] - start)
+        pad = model.processor.tokenizer.pad_token_id
+        # A row that ended early is padded to the longest; its own tokens are the ones before the padding.
+        return [
+            (model.processor.decode(row, skip_special_tokens=True), int((row[start:] != pad).sum()))
+            for row in ids
+        ]
 
 
 def _to(inputs: Any, model: Any) -> Any:

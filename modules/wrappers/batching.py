@@ -1,0 +1,99 @@
+"""Requests that arrive together run as one batch: one forward pass, each caller its own result.
+
+The device's fair queue lets requests that can share a pass onto the device together (same model and
+settings). Each still runs its own handler in its own thread, through its own lease, checks and
+progress; when they reach the model, `Gather` collects them: the first to arrive waits for the others
+that are in flight with the same key, runs the batch once, and hands every caller its own row. A request
+that is alone runs at once, without waiting.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+I = TypeVar("I")
+R = TypeVar("R")
+
+#: Most requests in one pass (their activations add up; the memory manager is told each one's share).
+MAX_BATCH = 8
+#: Longest the first arrival waits for the others (they may be waiting for the model to load).
+PATIENCE_SECONDS = 30.0
+
+
+@dataclass
+class _Batch(Generic[I, R]):
+    items: list[I] = field(default_factory=list)
+    results: list[R] | None = None
+    error: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class Gather(Generic[I, R]):
+    """`run(items) -> results` (one result per item, in order) for items submitted together; each caller
+    gets its result and how many items shared the pass."""
+
+    def __init__(self, run: Callable[[list[I]], list[R]], limit: int = MAX_BATCH, patience: float = PATIENCE_SECONDS) -> None:
+        self._run = run
+        self._limit = limit
+        self._patience = patience
+        self._flying: defaultdict[Hashable, int] = defaultdict(int)  # key -> calls in flight not yet submitted
+        self._open: dict[Hashable, _Batch[I, R]] = {}
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def in_flight(self, key: Hashable) -> Iterator[Callable[[I], tuple[R, int]]]:
+        """Announce a call that will submit an item under `key` (so a batch waits for it); yields `submit`.
+        Leaving the block without submitting (a bad input, a failed load) withdraws the announcement."""
+        submitted = False
+
+        def submit(item: I) -> tuple[R, int]:
+            nonlocal submitted
+            submitted = True
+            return self._submit(key, item)
+
+        with self._changed:
+            self._flying[key] += 1
+        try:
+            yield submit
+        finally:
+            if not submitted:
+                self._arrived(key)
+
+    def _arrived(self, key: Hashable) -> None:
+        with self._changed:
+            self._flying[key] -= 1
+            if not self._flying[key]:
+                del self._flying[key]
+            self._changed.notify_all()
+
+    def _submit(self, key: Hashable, item: I) -> tuple[R, int]:
+        with self._changed:
+            batch = self._open.get(key)
+            leader = batch is None or len(batch.items) >= self._limit
+            if leader:
+                batch = self._open[key] = _Batch()
+            index = len(batch.items)
+            batch.items.append(item)
+        self._arrived(key)
+        if leader:
+            with self._changed:
+                self._changed.wait_for(lambda: not self._flying.get(key) or len(batch.items) >= self._limit, self._patience)
+                if self._open.get(key) is batch:
+                    del self._open[key]
+            try:
+                batch.results = self._run(batch.items)
+            except BaseException as exc:  # every caller of the batch gets the failure
+                batch.error = exc
+            finally:
+                batch.done.set()
+        else:
+            batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        assert batch.results is not None
+        return batch.results[index], len(batch.items)
