@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 
 from modules.tabs import caption, image, music, points3d
 from modules.tabs.common import example_file
-from modules.tabs.history import existing_file, served_roots
+from modules.tabs.history import entries_of, existing_file, served_roots
 from tests.conftest import AppServer
 
 SLOW = 120_000  # ms: a tiny model on two shared cores; generous, never a speed target
@@ -167,6 +167,14 @@ def test_only_files_the_server_serves_anyway_are_shown(tmp_path: Path) -> None:
     assert existing_file(str(secret), roots) is None
     assert existing_file(str(outputs / ".." / "secret.txt"), roots) is None
     assert existing_file(example_file("red-ball.png"), roots)
+
+
+def test_entries_of_another_shape_are_left_out() -> None:
+    """The list comes from the browser's storage, which anyone can edit: odd entries are dropped, not shown."""
+    good = {"id": "a", "task": "image", "time": 1.0, "settings": {"prompt": "x"}, "files": ["/x.png"]}
+    odd = [None, "text", {**good, "time": "noon"}, {**good, "files": "/x.png"}, {k: v for k, v in good.items() if k != "id"}]
+    assert entries_of([good, *odd]) == [good]
+    assert entries_of({"not": "a list"}) == []
 
 
 # -- Every example runs -----------------------------------------------------------------------------

@@ -95,7 +95,12 @@ def entries_of(history: Any) -> list[Entry]:
     """The stored list, with anything that is not an entry left out (it comes from the browser)."""
     if not isinstance(history, list):
         return []
-    return [entry for entry in history if isinstance(entry, dict) and isinstance(entry.get("settings"), dict)]
+    shape = {"id": str, "task": str, "time": (int, float), "settings": dict, "files": list}
+    return [
+        entry
+        for entry in history
+        if isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in shape.items())
+    ]
 
 
 def recorder(task: str, made: Made) -> Callable[..., Any]:
@@ -113,7 +118,7 @@ def recorder(task: str, made: Made) -> Callable[..., Any]:
         if not paths and not text:
             return gr.skip()
         # A failed run leaves the last result in place: that one is already recorded.
-        if any(entry["task"] == task and entry.get("files") == paths and entry.get("text") == text for entry in entries):
+        if any(entry["task"] == task and entry["files"] == paths and entry.get("text") == text for entry in entries):
             return gr.skip()
         entry = {
             "id": uuid.uuid4().hex,
@@ -148,7 +153,7 @@ def refill(made: Made, entry: Entry, roots: list[Path]) -> list[Any]:
 
 def details(made: Made, entry: Entry, title: str) -> str:
     asked, model = made.describe(entry["settings"])
-    when = time.strftime("%H:%M:%S", time.localtime(entry.get("time") or 0))
+    when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
     lines = [f"{title} · {when}" + (f" · model `{model}`" if model else "")]
     if asked:
         lines.append(f"“{asked}”")
@@ -220,8 +225,8 @@ def build_history_tab(
             gr.Markdown("Nothing yet: what you make on the other tabs appears here.")
         for entry in entries:
             hook, task = made[entry["task"]], entry["task"]
-            files = [path for path in (existing_file(p, roots) for p in file_paths(entry.get("files"))) if path]
-            with gr.Row(equal_height=False, elem_classes="history-entry"):
+            files = [path for path in (existing_file(p, roots) for p in file_paths(entry["files"])) if path]
+            with gr.Row(equal_height=False, variant="panel", elem_classes="history-entry"):
                 with gr.Column(scale=1, min_width=160):
                     if files:
                         preview(files)
@@ -230,7 +235,9 @@ def build_history_tab(
                 with gr.Column(scale=3, min_width=240):
                     gr.Markdown(details(hook, entry, titles.get(task, task)))
                     with gr.Row():
-                        rerun = gr.Button("Re-run", size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}")
+                        rerun = gr.Button(
+                            "Re-run", size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}"
+                        )
                         for label, path in download_labels(files):
                             gr.DownloadButton(label, path, size="sm", scale=0, min_width=140)
 
