@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 from gradio_client import Client, handle_file
@@ -21,6 +22,8 @@ from gradio_client.exceptions import AppError
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
 from tests.conftest import AppServer
+from tests import test_page
+from tests.test_page import DESKTOP, SLOW, open_page, open_tab
 
 
 class Clock:
@@ -234,6 +237,9 @@ def test_a_quota_refuses_with_the_wait_and_a_new_session_does_not_dodge_it(behin
         wait = int(re.search(r"try again in (\d+) s", str(refused.value)).group(1))
         assert abs(wait - again.predict(api_name="/system_queue")["retry_after"]) <= 1
 
+    # Internal hops after the visitor's public address (as on a Space) are skipped.
+    assert visitor(behind_proxy, "8.8.8.8, 1.1.1.1, 10.1.2.3").predict(api_name="/system_queue")["client"] == "address:1.1.1.1"
+
     # Someone else in the room is not affected.
     neighbour = visitor(behind_proxy, "10.0.0.2")
     assert neighbour.predict(api_name="/system_queue")["used_seconds"] == 0
@@ -281,3 +287,48 @@ def test_zerogpu_asks_for_the_measured_estimate_with_margin_and_is_a_no_op_elsew
     assert gpu_seconds(queue.estimate("music:unseen", 10)) == 120  # nothing measured yet
     assert gpu_seconds(queue.estimate("image:sd", 10_000)) == 300  # ZeroGPU's longest
     assert on_gpu(grant_order, duration=lambda *args: 60) is grant_order  # not on ZeroGPU here
+
+
+# -- in the browser ----------------------------------------------------------------------------------------
+
+browser = test_page.browser  # one headless Chromium for this module, as test_page has
+
+
+def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
+    browser: object, tiny_app: AppServer, tmp_path: Path
+) -> None:
+    busy = tiny_app.client().submit("a long picture", steps=60, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, "image")
+    prompt = page.get_by_label("Prompt").first
+    prompt.fill("a lighthouse")
+    prompt.press("Enter")
+    output = page.locator("#image-output")
+    output.get_by_text("Waiting for the device: 1 request before yours").wait_for(timeout=SLOW)
+    page.screenshot(path=str(tmp_path / "waiting.png"))
+    busy.result(timeout=300)
+    output.get_by_text("Done in").wait_for(timeout=SLOW)
+    assert output.get_by_text("Waiting for the device").count() == 0
+    page.close()
+
+
+def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_prompts(tiny_app: AppServer) -> None:
+    requests = [("a red cat", 11, 1), ("a blue dog", 22, 2)]  # prompt, seed, images
+    alone = [tiny_app.client().predict(p, seed=s, batch=n, api_name="/generate_image")[1] for p, s, n in requests]
+
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    visitors = [Client(tiny_app.url, headers={"X-Forwarded-For": f"10.0.2.{i}"}, verbose=False) for i in range(2)]
+    jobs = [v.submit(p, seed=s, batch=n, api_name="/generate_image") for v, (p, s, n) in zip(visitors, requests)]
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["waiting"] == 2, what="the images to wait")
+    busy.result(timeout=300)
+
+    for job, (prompt, seed, count), solo in zip(jobs, requests, alone):
+        _, files, first_seed, stats = job.result(timeout=300)
+        assert "one pass with 1 other request" in stats and first_seed == seed and len(files) == count
+        for path, solo_path in zip(files, solo):
+            assert Image.open(path).info["parameters"].startswith(prompt)
+            shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
+            # The same seed's image as when it ran alone (a batched pass may round a unit differently).
+            assert np.abs(shared - single).max() <= 2

@@ -13,15 +13,19 @@ Where the address comes from:
   could be forged, so they are never used.
 - Through `--share` that is what happens: Gradio's tunnel client connects from 127.0.0.1, and the share
   server (an frp HTTP proxy) appends the visitor's address.
-- On a Hugging Face Space, the Space's proxy connects from an address of its own and appends the
-  visitor's; the Space is reachable only through it, so there (and with `--behind-proxy`, for a proxy
-  of the host's own on another address: `trust_forwarded`) the last entry is taken from any peer.
+- On a Hugging Face Space, `request.client.host` is an internal address of the Space's proxy, and the
+  visitor's address is in `X-Forwarded-For`, possibly followed by internal hops. The Space is reachable
+  only through that proxy, so there (and with `--behind-proxy`, for a proxy of the host's own on another
+  address: `trust_forwarded`) the header is read from any peer: the last *public* address in it (the
+  one the edge proxy saw; internal hops after it are skipped, forged entries before it are never
+  reached), or the last entry when none is public (a proxy on a private network).
 - A person on this machine could send their own `X-Forwarded-For` over loopback; they can reach the
   machine anyway.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Protocol
 
 UNKNOWN = "unknown"
@@ -47,10 +51,18 @@ def client_address(request: RequestLike | None, trust_forwarded: bool) -> str:
         return UNKNOWN
     if trust_forwarded:
         forwarded = request.headers.get("x-forwarded-for")  # type: ignore[attr-defined]
-        last = forwarded.split(",")[-1].strip() if forwarded else ""
-        if last:
-            return last
+        entries = [entry.strip() for entry in (forwarded or "").split(",") if entry.strip()]
+        public = [entry for entry in entries if _is_public(entry)]
+        if public or entries:
+            return (public or entries)[-1]
     return request.client.host
+
+
+def _is_public(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_global
+    except ValueError:
+        return False
 
 
 def client_id(request: RequestLike | None, trust_forwarded: bool, username: str | None = None) -> str:

@@ -26,6 +26,7 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     pick,
+    shared_pass,
     run_buttons,
     setting_slider,
     settings_panel,
@@ -58,10 +59,9 @@ class CaptionTab:
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
     notes = f" · note: {'; '.join(result.notes)}" if result.notes else ""
-    together = f" · one pass with {result.batch - 1} other request{'s' if result.batch > 2 else ''}" if result.batch > 1 else ""
     return (
         f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · "
-        f"{model_name}{together}{notes}"
+        f"{model_name}{shared_pass(result.batch)}{notes}"
     )
 
 

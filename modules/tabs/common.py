@@ -130,6 +130,13 @@ def throttle(items: Iterable[T], seconds: float) -> Iterator[T]:
     yield from held
 
 
+def shared_pass(batch: int) -> str:
+    """A stats line's note that a request ran in one forward pass with others (batching)."""
+    if batch <= 1:
+        return ""
+    return f" · one pass with {batch - 1} other request{'s' if batch > 2 else ''}"
+
+
 def request_seed(seed_value: float | None, randomise: bool) -> float:
     """The seed setting a request sends its wrapper: -1 (the wrapper picks one and reports it) or the box's value."""
     return -1 if randomise or seed_value is None else seed_value

@@ -26,6 +26,7 @@ from modules.tabs.common import (
     pick,
     request_seed,
     run_buttons,
+    shared_pass,
     setting_slider,
     settings_panel,
     step_progress,
@@ -48,6 +49,8 @@ EXAMPLE_PROMPTS = [
     "a cosy reading room with plants, isometric 3D render, pastel colours",
     "a bowl of ramen on a wooden table, watercolour",
 ]
+#: Requests that agree on these run together, in one denoising pass, when they wait at the same time.
+BATCH_BY = ("model", "steps", "guidance", "width", "height", "scheduler")
 
 
 def stopped_line(status: str | None) -> Any:
@@ -80,7 +83,7 @@ def stats_line(result: ImageResult, model_name: str) -> str:
     seeds = ", ".join(str(image.seed) for image in result.images) or "–"
     return (
         f"Done in {result.seconds:.2f} s · {result.steps} steps · {result.steps_per_second:.2f} steps/s · "
-        f"{result.sampler} · seed {seeds} · {model_name}{withheld}"
+        f"{result.sampler} · seed {seeds} · {model_name}{shared_pass(result.batch)}{withheld}"
     )
 
 
@@ -205,7 +208,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
     outputs = [gallery, downloads, seed_used, stats]
     event = gr.on(
         [run.click, prompt.submit],
-        on_device(serving, generate_from_page, "image", status_update(5, 3), work=work, default=default),
+        on_device(serving, generate_from_page, "image", status_update(5, 3), work=work, default=default, batch=BATCH_BY),
         [prompt, negative, model, steps, guidance, width, height, batch, scheduler, seed, randomise],
         [*outputs, selected],
         api_visibility="private",
@@ -233,6 +236,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
         kind="image",
         work=work,
         default=default,
+        batch=BATCH_BY,
     )
     stop.click(stopped_line, stats, stats, cancels=[event], api_visibility="private")
 

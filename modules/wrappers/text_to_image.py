@@ -30,15 +30,18 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from modules.catalog import ModelEntry
+from modules.memory import MemoryManager
 from modules.wrappers.base import (
     MAX_SEED,
+    HostSettings,
     InvalidInput,
     ModelUnavailable,
     OnStep,
@@ -49,6 +52,7 @@ from modules.wrappers.base import (
     relay_steps,
     resolve_seed,
 )
+from modules.wrappers.batching import Gather
 from modules.wrappers.metadata import file_sha256
 
 SchedulerName = Literal["default", "euler", "euler-a", "dpm++-2m", "ddim"]
@@ -110,6 +114,7 @@ class ImageResult:
     sampler: str
     schedule: str | None  # A1111's schedule type; None where A1111 has no equivalent
     withheld: int  # images the safety checker flagged; they are neither shown nor saved
+    batch: int = 1  # requests denoised in the same pass
 
     @property
     def seed(self) -> int:
@@ -178,9 +183,26 @@ def parameters_text(
     return f"{prompt}{negative}\n{line}"
 
 
+@dataclass(frozen=True)
+class DenoiseRequest:
+    """One caller's share of a denoising pass."""
+
+    pipe: Any  # the pipeline with this request's fresh scheduler (the pass runs the first request's)
+    prompt: str
+    settings: ImageSettings
+    seeds: list[int]
+    report: OnStep
+    stop: threading.Event
+
+
 class DiffusersTextToImage(Wrapper):
     task = "image"
     settings_schema = ImageSettings
+
+    def __init__(self, entry: ModelEntry, manager: MemoryManager, host: HostSettings | None = None) -> None:
+        super().__init__(entry, manager, host)
+        # Requests that reach the model together with the same steps, guidance and size share a pass.
+        self._together: Gather[DenoiseRequest, tuple[list[Any], list[bool]]] = Gather(self._denoise)
 
     # -- policy ----------------------------------------------------------------------------------
 
@@ -303,7 +325,10 @@ class DiffusersTextToImage(Wrapper):
     def generate(
         self, prompt: str, on_step: OnStep | None = None, **overrides: Any
     ) -> Iterator[Step | ImageResult]:
-        """Yield a `Step` per denoising step, then one `ImageResult`; closing the generator stops it."""
+        """Yield a `Step` per denoising step, then one `ImageResult`; closing the generator stops it.
+
+        Requests with the same steps, guidance, size and scheduler that run at the same time are
+        denoised in one batch, each image with its own seed."""
         # 1. Check inputs
         settings = self.settings(**overrides)
         prompt = self.check_inputs(prompt, settings)
@@ -311,23 +336,31 @@ class DiffusersTextToImage(Wrapper):
         first = resolve_seed(settings.seed)
         seeds = [(first + i) % (MAX_SEED + 1) for i in range(settings.batch)]
         # 3. Denoise inside a lease that declares the latents' and activations' memory
-        yield from self.manager.stream(
-            self,
-            lambda pipe: self._timed(pipe, prompt, settings, seeds, on_step),
-            working_bytes=self.working_bytes(settings),
-        )
+        shared = settings.model_dump_json(include={"num_steps", "guidance", "width", "height", "scheduler"})
+        with self._together.in_flight(shared) as submit:
+            yield from self.manager.stream(
+                self,
+                lambda pipe: self._timed(pipe, prompt, settings, seeds, on_step, submit),
+                working_bytes=self.working_bytes(settings),
+            )
 
     def _timed(
-        self, pipe: Any, prompt: str, settings: ImageSettings, seeds: list[int], on_step: OnStep | None
+        self,
+        pipe: Any,
+        prompt: str,
+        settings: ImageSettings,
+        seeds: list[int],
+        on_step: OnStep | None,
+        submit: Callable[[DenoiseRequest], tuple[tuple[list[Any], list[bool]], int]],
     ) -> Iterator[Step | ImageResult]:
         started = time.perf_counter()
         request_pipe = self._with_scheduler(pipe, settings.scheduler)
-        output = yield from relay_steps(
-            lambda report, stop: self._denoise(request_pipe, prompt, settings, seeds, report, stop), on_step
+        (images, flagged), batch = yield from relay_steps(
+            lambda report, stop: submit(DenoiseRequest(request_pipe, prompt, settings, seeds, report, stop)), on_step
         )
         seconds = time.perf_counter() - started
         # 4. Postprocess: save PNGs carrying their parameters
-        yield self.postprocess(output, prompt, settings, seeds, request_pipe, seconds)
+        yield self.postprocess(images, flagged, prompt, settings, seeds, request_pipe, seconds, batch)
 
     def _with_scheduler(self, pipe: Any, choice: str) -> Any:
         """A view of the pipeline with a fresh scheduler (schedulers keep per-run state)."""
@@ -335,50 +368,64 @@ class DiffusersTextToImage(Wrapper):
         view.set_progress_bar_config(disable=True)
         return view
 
-    def _denoise(
-        self,
-        pipe: Any,
-        prompt: str,
-        settings: ImageSettings,
-        seeds: list[int],
-        report: OnStep,
-        stop: threading.Event,
-    ) -> Any:
+    def _denoise(self, requests: list[DenoiseRequest]) -> list[tuple[list[Any], list[bool]]]:
+        """One pass for requests that share steps, guidance, size and scheduler: every prompt with its own
+        seeds (one generator per image), every request sees each step, and the pass ends early only when
+        all of them are stopped. Returns each request's (images, safety flags)."""
         import torch
 
+        first = requests[0]
+        settings = first.settings
+
         def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            report(index + 1, getattr(pipeline, "num_timesteps", settings.num_steps))
-            if stop.is_set():
+            for request in requests:
+                request.report(index + 1, getattr(pipeline, "num_timesteps", settings.num_steps))
+            if all(request.stop.is_set() for request in requests):
                 pipeline._interrupt = True  # diffusers checks it before the next step
             return {}
 
+        prompts = [request.prompt for request in requests for _ in request.seeds]
+        negatives = [request.settings.negative_prompt for request in requests for _ in request.seeds]
         # Noise is drawn on the CPU, so a seed gives the same image on every device.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        generators = [torch.Generator("cpu").manual_seed(seed) for request in requests for seed in request.seeds]
         with torch.inference_mode():
-            return pipe(
-                prompt=prompt,
-                negative_prompt=settings.negative_prompt or None,
+            output = first.pipe(
+                prompt=prompts,
+                negative_prompt=negatives if any(negatives) else None,
                 num_inference_steps=settings.num_steps,
                 guidance_scale=settings.guidance,
                 width=settings.width,
                 height=settings.height,
-                num_images_per_prompt=settings.batch,
                 generator=generators,
                 callback_on_step_end=on_step_end,
             )
+        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
+        shares, start = [], 0
+        for request in requests:
+            end = start + len(request.seeds)
+            shares.append((output.images[start:end], [bool(flag) for flag in flagged[start:end]]))
+            start = end
+        return shares
 
     def postprocess(
-        self, output: Any, prompt: str, settings: ImageSettings, seeds: list[int], pipe: Any, seconds: float
+        self,
+        images: list[Any],
+        flagged: list[bool],
+        prompt: str,
+        settings: ImageSettings,
+        seeds: list[int],
+        pipe: Any,
+        seconds: float,
+        batch: int,
     ) -> ImageResult:
         from PIL.PngImagePlugin import PngInfo
 
         sampler, model_name, model_hash = a1111_sampler(pipe.scheduler), self.checkpoint_name(), self.model_hash()
-        flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(output.images)
         folder = self.host.output_dir / "images"
         folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        images = []
-        for image, seed, withheld in zip(output.images, seeds, flagged):
+        saved = []
+        for image, seed, withheld in zip(images, seeds, flagged):
             if withheld:
                 continue
             parameters = parameters_text(prompt, settings, seed, sampler, model_name, model_hash)
@@ -386,5 +433,5 @@ class DiffusersTextToImage(Wrapper):
             info.add_text("parameters", parameters)
             path = folder / f"{stamp}-{seed}-{uuid.uuid4().hex[:6]}.png"
             image.save(path, pnginfo=info)
-            images.append(GeneratedImage(path, seed, parameters))
-        return ImageResult(images, seconds, settings.num_steps, *sampler, withheld=sum(map(bool, flagged)))
+            saved.append(GeneratedImage(path, seed, parameters))
+        return ImageResult(saved, seconds, settings.num_steps, *sampler, withheld=sum(flagged), batch=batch)
