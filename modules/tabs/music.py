@@ -20,6 +20,7 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -33,8 +34,16 @@ from modules.tabs.common import (
     step_progress,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
 
+#: Prompts the tab offers to try, with their durations in seconds (a click fills both).
+EXAMPLES = [
+    ("lo-fi hip hop beat with warm piano chords", 8),
+    ("epic orchestral trailer music with big drums and brass", 10),
+    ("calm acoustic folk guitar, bright and warm", 8),
+    ("80s synthwave with a driving bassline", 10),
+]
 #: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
 CAN_STREAM = shutil.which("ffmpeg") is not None
 
@@ -64,7 +73,7 @@ def stopped_line(status: str | None) -> Any:
     return f"Stopped after {made.group(1)} s of audio" if made else gr.skip()
 
 
-def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> None:
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> Made:
     first = wrappers[default]
 
     def work(arguments: Mapping[str, Any]) -> float:
@@ -81,6 +90,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
             run, stop = run_buttons()
+            longest = duration.maximum
+            examples([[text, min(seconds, longest)] for text, seconds in EXAMPLES], [prompt, duration])
             with settings_panel():
                 with gr.Row():
                     seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
@@ -109,7 +120,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         d = pick(wrappers, model_id).defaults
         return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
 
-    model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+    # Defaults follow a person's pick of model, not History's Re-run, which sets a model with its own settings.
+    model.input(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
 
     @user_errors
     def generate_music(
@@ -212,3 +224,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
     )
     # Stop cancels this browser's own event; closing the generator sets its stop flag and ends the lease.
     stop.click(stopped_line, status, status, cancels=[event], api_visibility="private")
+    settings = {
+        "prompt": prompt, "model": model, "duration": duration, "seed": seed, "randomise": randomize, "top_k": top_k,
+        "top_p": top_p, "temperature": temperature, "guidance": guidance,
+    }  # fmt: skip
+    return Made(runs=[event], settings=settings, files=files, stats=status, seed_used=seed)
