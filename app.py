@@ -7,6 +7,10 @@ task and launches. torch and the model libraries are imported only when a model 
 
 from __future__ import annotations
 
+from modules.threads_policy import apply_thread_policy
+
+apply_thread_policy()  # first: torch and llama.cpp read it once, when they load (see the module)
+
 import argparse
 import logging
 import os
@@ -37,7 +41,7 @@ TABS: dict[str, tuple[str, str]] = {
     "music": ("Music", "modules.tabs.music:build_music_tab"),
     "pointcloud": ("3D", "modules.tabs.points3d:build_points3d_tab"),
 }
-SYSTEM_TITLE = "System"
+HISTORY_TITLE, SYSTEM_TITLE = "History", "System"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -169,10 +173,12 @@ def build_app(
     wrappers: dict[str, dict[str, Wrapper]],
     serving: Serving,
     access: Access = Access(),
+    outputs: Path = HostSettings.output_dir,
 ) -> Any:
     import gradio as gr
 
     from modules.tabs import bridge
+    from modules.tabs.history import build_history_tab, hook_of
     from modules.tabs.system import build_system_tab
 
     with gr.Blocks(title="Atelier") as demo:
@@ -189,10 +195,13 @@ def build_app(
                     module_name, function = builder_path.split(":")
                     options = {"serving": serving} | ({"fallback": group.fallback} if group.fallback else {})
                     parts[task] = getattr(import_module(module_name), function)(wrappers[task], group.default, **options)
+            bridge.connect(tabs, parts)  # before History, which records the runs the bridge adds too
+            with gr.Tab(HISTORY_TITLE, id="history"):
+                hooks = {task: hook for task, part in parts.items() if (hook := hook_of(part)) is not None}
+                build_history_tab(tabs, hooks, {task: TABS[task][0] for task in hooks}, outputs)
             with gr.Tab(SYSTEM_TITLE, id="system"):
                 labels = {w.key: w.entry.label for group in wrappers.values() for w in group.values()}
                 build_system_tab(manager, serving, labels, access, demo, tabs, SYSTEM_TITLE)
-        bridge.connect(tabs, parts)
     return demo
 
 
@@ -235,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         FairQueue(max_waiting=args.queue_size, quota=Quota(args.quota_seconds, args.quota_window * 60)),
         trust_forwarded=args.behind_proxy or "SPACE_ID" in os.environ,
     )
-    demo = build_app(catalog, manager, wrappers, serving, access)
+    demo = build_app(catalog, manager, wrappers, serving, access, args.outputs)
     if args.share and not auth:
         log.warning("--share without --auth: anyone with the link can use this machine")
     demo.queue(max_size=args.queue_size, default_concurrency_limit=1)

@@ -29,26 +29,34 @@ sys.path.insert(0, str(ROOT))
 from modules.catalog import load_catalog  # noqa: E402
 from modules.memory import MemoryManager  # noqa: E402
 from modules.wrappers import wrapper_tasks  # noqa: E402
-from modules.wrappers.llama_chat import LlamaCppChat, cpu_threads  # noqa: E402
+from modules.threads_policy import apply_thread_policy, compute_threads  # noqa: E402
+from modules.wrappers.llama_chat import LlamaCppChat  # noqa: E402
 from tests.conftest import AppServer  # noqa: E402
 
 PROMPT = "Tell me a long story about a dragon who learns to paint."
 SYSTEM = "You are a helpful assistant."
 BACKENDS = {"llama.cpp": "llama-cpp-chat", "transformers": "transformers-chat"}
 REPORTED = "llama.cpp, as the tab reports"
+#: The /chat stats line: "N tokens · X tokens/s · first token ..."
+STATS = re.compile(r"(\d+) tokens · ([\d.]+) tokens/s")
 
 
-def bench_catalogue(folder: Path) -> Path:
-    """The embedded entry twice, one id per backend."""
+def embedded_chat_per_backend(backends: dict[str, str] = BACKENDS) -> dict:
+    """The catalogue's `chat` task holding the embedded entry once per backend, its id the wrapper's name."""
     raw = yaml.safe_load((ROOT / "models.yaml").read_text())
     chat = raw["tasks"]["chat"]
     embedded = next(m for m in chat["models"] if m["id"] == chat["fallback"])
     models = []
-    for backend, wrapper in BACKENDS.items():
+    for backend, wrapper in backends.items():
         entry = {k: v for k, v in embedded.items() if k != "prefer"}
         models.append({**entry, "id": wrapper, "name": f"{embedded['name']} on {backend}", "wrapper": wrapper})
+    return {"default": models[0]["id"], "models": models}
+
+
+def bench_catalogue(folder: Path) -> Path:
+    """The embedded entry twice, one id per backend."""
     path = folder / "models.yaml"
-    path.write_text(yaml.safe_dump({"tasks": {"chat": {"default": models[0]["id"], "models": models}}}))
+    path.write_text(yaml.safe_dump({"tasks": {"chat": embedded_chat_per_backend()}}))
     return path
 
 
@@ -64,7 +72,7 @@ def through_atelier(client, model_id: str, max_new_tokens: int) -> tuple[int, fl
         PROMPT, model=model_id, system_prompt=SYSTEM, temperature=0.0, top_p=0.9, max_new_tokens=max_new_tokens, api_name="/chat"
     )
     seconds = time.perf_counter() - started
-    stats = re.search(r"(\d+) tokens · ([\d.]+) tokens/s", note)
+    stats = STATS.search(note)
     return int(stats.group(1)), seconds, float(stats.group(2))
 
 
@@ -84,6 +92,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, help="default: the embedded model's own default")
     args = parser.parse_args()
 
+    apply_thread_policy()  # raw llama.cpp here waits for cores as the app's does
     from llama_cpp import Llama
 
     catalog = load_catalog(ROOT / "models.yaml", wrapper_tasks())
@@ -92,7 +101,7 @@ def main() -> None:
     wrapper = LlamaCppChat(entry.model_copy(update={"wrapper": "llama-cpp-chat"}), MemoryManager("cpu"))
     path = wrapper.gguf_path()
     n_ctx = wrapper.context_for({"general.architecture": "llama", "llama.context_length": LlamaCppChat.max_context})
-    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=cpu_threads(), n_threads_batch=cpu_threads(), verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=compute_threads(), n_threads_batch=compute_threads(), verbose=False)
 
     with tempfile.TemporaryDirectory() as scratch:
         serve_args = ["--models", str(bench_catalogue(Path(scratch)))]
@@ -115,7 +124,7 @@ def main() -> None:
                 print(f"round {round_}: " + " | ".join(line), flush=True)
 
     median = {name: statistics.median(values) for name, values in speeds.items()}
-    print(f"\nmedian tokens/s over {args.rounds} rounds, {max_new_tokens} new tokens, {cpu_threads()} threads:")
+    print(f"\nmedian tokens/s over {args.rounds} rounds, {max_new_tokens} new tokens, {compute_threads()} threads:")
     for name, value in median.items():
         print(f"  {name:<28} {value:6.1f}")
     # Also per round: each round's runs follow each other closely, so slow drift on a shared machine

@@ -88,15 +88,19 @@ def test_requests_that_can_share_a_pass_go_onto_the_device_together() -> None:
     clock = Clock()
     queue = FairQueue(clock=clock, max_batch=3)
     busy = queue.join("a", "image:tiny")
-    same = [queue.join(client, "caption:tiny", batch_key="beam") for client in ("b", "c", "d", "e")]
+    flood = [queue.join("b", "caption:tiny", batch_key="beam") for _ in range(3)]
+    same = [flood[0], *(queue.join(client, "caption:tiny", batch_key="beam") for client in ("c", "d", "e"))]
     other = queue.join("f", "caption:tiny", batch_key="nucleus")
     queue.leave(busy)
-    assert [t.granted_at is not None for t in same] == [True, True, True, False]  # up to max_batch
+    # One per client (b's flood takes one place), up to max_batch.
+    assert [t.granted_at is not None for t in same] == [True, True, True, False]
+    assert [t.granted_at is not None for t in flood] == [True, False, False]
     assert other.granted_at is None and queue.state().running == 3
     for ticket in same[:3]:
         queue.leave(ticket)
-    # e and f were never served: the older ticket (e's) goes first, alone, as no other "beam" waits.
-    assert same[3].granted_at is not None and other.granted_at is None and queue.state().running == 1
+    # e and f were never served: the older ticket (e's) goes first, and b's next request rides along.
+    assert same[3].granted_at is not None and flood[1].granted_at is not None and flood[2].granted_at is None
+    assert other.granted_at is None and queue.state().running == 2
 
 
 def test_a_full_queue_refuses_newcomers_and_a_left_ticket_frees_its_place() -> None:

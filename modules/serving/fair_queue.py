@@ -6,7 +6,8 @@ served least recently (InvokeAI's multi-user queue works the same way). A client
 requests therefore delays a client with one by at most one request, whatever the order they came in.
 
 Requests that can share one forward pass (the same `batch_key`: same model and settings) go onto the
-device together when the first of them gets its turn, as one run; each rider's client counts as served.
+device together when the first of them gets its turn, as one run: one request per client, and each
+rider's client counts as served.
 
 Each request says what `kind` of work it is and how much (`work`: steps, seconds of audio, ...). The
 queue learns each kind's seconds per unit of work from the runs it has seen, which gives every waiting
@@ -231,11 +232,15 @@ class FairQueue:
         return True
 
     def _grant_riders(self, first: Ticket) -> None:
-        """Waiting tickets that can share `first`'s pass run in its turn (oldest first, up to max_batch)."""
-        riders = sorted(
-            (t for line in self._lines.values() for t in line.tickets if t.batch_key == first.batch_key),
-            key=lambda t: t.number,
-        )[: self.max_batch - 1]
+        """Waiting tickets of *other* clients that can share `first`'s pass run in its turn: each client's
+        oldest such ticket, oldest first, up to max_batch. One per client, so a flood of identical
+        requests still takes one turn at a time, while everyone else who asked the same rides along."""
+        oldest: dict[str, Ticket] = {}
+        for client, line in self._lines.items():
+            match = next((t for t in line.tickets if t.batch_key == first.batch_key), None)
+            if client != first.client and match is not None:
+                oldest[client] = match
+        riders = sorted(oldest.values(), key=lambda t: t.number)[: self.max_batch - 1]
         for rider in riders:
             self._lines[rider.client].tickets.remove(rider)
             self._grant(rider, first.number)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,6 +19,8 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    example_file,
+    examples,
     on_device,
     status_update,
     model_dropdown,
@@ -34,12 +37,17 @@ from modules.tabs.common import (
     stepped_outputs,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.captioning import CaptionResult, CaptionWrapper
 
 UPLOAD_POLICY = (
     "Any PNG, JPEG, WebP or GIF. Animated images: the first frame is used. EXIF rotation is applied; CMYK, "
     "palette, 16-bit and transparent images are converted to RGB (transparency onto white)."
 )
+
+
+#: Pictures the tab offers to try, each with an optional opening of the caption.
+EXAMPLES = [("red-ball.png", ""), ("red-ball.png", "a photograph of")]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class CaptionTab:
     upload: gr.File
     caption: gr.Textbox
     use_button: gr.Button
+    made: Made  # for History
 
 
 def stats_line(result: CaptionResult, model_name: str) -> str:
@@ -57,6 +66,11 @@ def stats_line(result: CaptionResult, model_name: str) -> str:
         f"Done in {result.seconds:.2f} s · {result.tokens} tokens · {result.tokens_per_second:.1f} tokens/s · "
         f"{model_name}{shared_pass(result.batch)}{notes}"
     )
+
+
+def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a caption run was asked (for History): the picture, by name (the opening shows with the settings)."""
+    return Path(str(settings.get("image") or "")).name, settings.get("model")
 
 
 #: Captions that agree on these run together, in one forward pass, when they wait at the same time.
@@ -73,6 +87,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
             gr.Markdown(UPLOAD_POLICY)
             prefix = gr.Textbox(label="Caption starts with (optional)", placeholder="a photograph of")
             run, stop = run_buttons("Caption")
+            examples([[example_file(name), opening] for name, opening in EXAMPLES], [upload, prefix])
             with settings_panel():
                 decoding = gr.Radio(
                     [("Beam search", "beam"), ("Nucleus sampling", "nucleus")], value=first.defaults.decoding, label="Decoding"
@@ -181,11 +196,16 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
     stop.click(lambda: idle_buttons("Caption"), None, [run, stop], cancels=[event], api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        wrapper = pick(wrappers, model_id)
-        d = wrapper.defaults
-        return model_notes(wrapper), d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
+        d = pick(wrappers, model_id).defaults
+        return d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
 
-    model.change(
-        adopt_defaults, model, [model_info, decoding, beams, top_p, temperature, max_length], api_visibility="private"
-    )
-    return CaptionTab(upload=upload, caption=caption_text, use_button=use_button)
+    # The notes follow the model however it is set, its defaults only a person's pick (History's Re-run
+    # sets a model together with its own settings).
+    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, model_info, api_visibility="private")
+    model.input(adopt_defaults, model, [decoding, beams, top_p, temperature, max_length], api_visibility="private")
+    settings = {
+        "image": upload, "model": model, "prefix": prefix, "decoding": decoding, "num_beams": beams, "top_p": top_p,
+        "temperature": temperature, "max_new_tokens": max_length,
+    }  # fmt: skip
+    made = Made(runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, describe=described)
+    return CaptionTab(upload=upload, caption=caption_text, use_button=use_button, made=made)

@@ -10,6 +10,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 import gradio as gr
@@ -31,6 +32,8 @@ STATUS_SECONDS = 0.25
 #: Below this width (CSS px) the page is a phone's: settings start folded.
 PHONE_WIDTH = 700
 USER_ERRORS = (InvalidInput, ModelUnavailable, MemoryManagerError)
+#: Files the tabs' examples use, served as they are (never copied into, nor swept from, the output folder).
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 
 def as_user_error(exc: BaseException) -> gr.Error:
@@ -504,3 +507,18 @@ def bring_into_view(triggers: list[Any], elem_id: str) -> None:
         js=f"() => document.getElementById('{elem_id}')?.scrollIntoView({{block: 'start'}})",
         api_visibility="private",
     )
+
+
+def example_file(name: str) -> str:
+    """The path of a file shipped for the examples; Gradio serves that folder, and only it, as static files."""
+    gr.set_static_paths([EXAMPLES_DIR])
+    return str(EXAMPLES_DIR / name)
+
+
+def examples(rows: list[list[Any]], inputs: list[Any]) -> gr.Examples:
+    """Clickable examples that fill `inputs`; Generate then runs them.
+
+    Nothing is cached: a cached run would go round the one device queue, be the same for everyone
+    whatever the seed, and write outside the output folder; start-up loads no model either way.
+    """
+    return gr.Examples(rows, inputs, cache_examples=False, api_visibility="private")

@@ -18,6 +18,7 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -37,6 +38,7 @@ from modules.tabs.common import (
     stepped_outputs,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_image import SCHEDULERS, DiffusersTextToImage, ImageResult
 
 SCHEDULER_CHOICES = [("Model default", "default"), ("Euler", "euler"), ("Euler a", "euler-a"), ("DPM++ 2M", "dpm++-2m"), ("DDIM", "ddim")]
@@ -44,6 +46,13 @@ assert [value for _, value in SCHEDULER_CHOICES] == list(SCHEDULERS)
 
 
 DENOISING = "Denoising: step"
+#: Prompts the tab offers to try (a click fills the prompt).
+EXAMPLE_PROMPTS = [
+    "a lighthouse on a rocky cliff at dusk, oil painting",
+    "a red fox in fresh snow, morning light, photograph",
+    "a cosy reading room with plants, isometric 3D render, pastel colours",
+    "a bowl of ramen on a wooden table, watercolour",
+]
 #: Requests that agree on these run together, in one denoising pass, when they wait at the same time.
 BATCH_BY = ("model", "steps", "guidance", "width", "height", "scheduler")
 
@@ -65,6 +74,7 @@ class ImageTab:
     selected: gr.State  # index of the gallery image the user clicked last (None: the first)
     caption_button: gr.Button
     make_3d_button: gr.Button
+    made: Made  # for History
 
 
 def notes(wrapper: DiffusersTextToImage) -> str:
@@ -98,6 +108,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
             )
             negative = gr.Textbox(label="Negative prompt", lines=1, info=type(first.defaults).model_fields["negative_prompt"].description)
             run, stop = run_buttons()
+            examples([[text] for text in EXAMPLE_PROMPTS], [prompt])
             with settings_panel():
                 with gr.Row():
                     steps = setting_slider(first, "num_steps", "Steps", step=1)
@@ -250,13 +261,22 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
     gallery.select(remember, None, selected, api_visibility="private")
 
     def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        wrapper = pick(wrappers, model_id)
-        d = wrapper.defaults
-        return notes(wrapper), d.num_steps, d.guidance, d.width, d.height, d.scheduler
+        d = pick(wrappers, model_id).defaults
+        return d.num_steps, d.guidance, d.width, d.height, d.scheduler
 
-    model.change(
-        adopt_defaults, model, [model_info, steps, guidance, width, height, scheduler], api_visibility="private"
-    )
+    # The notes follow the model however it is set, its defaults only a person's pick (History's Re-run
+    # sets a model together with its own settings).
+    model.change(lambda model_id: notes(pick(wrappers, model_id)), model, model_info, api_visibility="private")
+    model.input(adopt_defaults, model, [steps, guidance, width, height, scheduler], api_visibility="private")
+    settings = {
+        "prompt": prompt, "negative_prompt": negative, "model": model, "steps": steps, "guidance": guidance,
+        "width": width, "height": height, "batch": batch, "scheduler": scheduler, "seed": seed, "randomise": randomise,
+    }  # fmt: skip
     return ImageTab(
-        prompt=prompt, gallery=gallery, selected=selected, caption_button=caption_button, make_3d_button=make_3d_button
+        prompt=prompt,
+        gallery=gallery,
+        selected=selected,
+        caption_button=caption_button,
+        make_3d_button=make_3d_button,
+        made=Made(runs=[event], settings=settings, files=downloads, stats=stats, seed_used=seed_used),
     )

@@ -23,6 +23,7 @@ from modules.tabs.common import (
     api_text,
     bring_into_view,
     errors_in_place,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -40,8 +41,16 @@ from modules.tabs.common import (
     StopFlags,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_music import MusicProgress, TransformersMusicgen
 
+#: Prompts the tab offers to try, with their durations in seconds (a click fills both).
+EXAMPLES = [
+    ("lo-fi hip hop beat with warm piano chords", 8),
+    ("epic orchestral trailer music with big drums and brass", 10),
+    ("calm acoustic folk guitar, bright and warm", 8),
+    ("80s synthwave with a driving bassline", 10),
+]
 #: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
 CAN_STREAM = shutil.which("ffmpeg") is not None
 
@@ -87,7 +96,7 @@ def status_line(progress: MusicProgress, model_name: str) -> str:
     )
 
 
-def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> None:
+def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, serving: Serving) -> Made:
     first = wrappers[default]
 
     def work(arguments: Mapping[str, Any]) -> float:
@@ -104,6 +113,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
             )
             duration = setting_slider(first, "duration", "Duration (s)", step=1, maximum=min(30, first.host.max_audio_seconds))
             run, stop = run_buttons()
+            longest = duration.maximum
+            examples([[text, min(seconds, longest)] for text, seconds in EXAMPLES], [prompt, duration])
             with settings_panel():
                 with gr.Row():
                     seed = named_errors(gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
@@ -137,7 +148,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         d = pick(wrappers, model_id).defaults
         return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
 
-    model.change(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+    # Defaults follow a person's pick of model, not History's Re-run, which sets a model with its own settings.
+    model.input(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
 
     @user_errors
     def music_run(
@@ -267,3 +279,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
     show_idle([event], run, stop)
     # Stop sets this browser's own flag: the run ends at the next frame and shows the audio made so far.
     stop.click(stop_flags.stop, None, None, queue=False, api_visibility="private")
+    settings = {
+        "prompt": prompt, "model": model, "duration": duration, "seed": seed, "randomise": randomize, "top_k": top_k,
+        "top_p": top_p, "temperature": temperature, "guidance": guidance,
+    }  # fmt: skip
+    return Made(runs=[event], settings=settings, files=files, stats=status, seed_used=seed)

@@ -7,6 +7,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,6 +21,8 @@ from modules.tabs.common import (
     api_number,
     api_text,
     errors_in_place,
+    example_file,
+    examples,
     model_dropdown,
     model_notes,
     named_errors,
@@ -35,6 +38,7 @@ from modules.tabs.common import (
     stepped_outputs,
     user_errors,
 )
+from modules.tabs.history import Made
 from modules.wrappers.text_to_3d import PointCloudResult, PointEWrapper, StageStep
 
 STAGE_LABELS = {
@@ -45,6 +49,9 @@ STAGE_LABELS = {
 }
 FROM_TEXT, FROM_IMAGE = "From text", "From an image"
 IMAGE_RUN = "Generate from the image"
+#: What the tab offers to try: simple objects (all Point-E knows from text) and one picture of an object.
+EXAMPLE_PROMPTS = ["a red motorcycle", "a green armchair", "a traffic cone", "a blue coffee mug"]
+EXAMPLE_IMAGES = ["red-ball.png"]
 
 #: A tiny model makes hundreds of steps a second; a bar moved every step would cost more than the steps.
 BAR_SECONDS = 0.1
@@ -58,6 +65,14 @@ class Points3DTab:
     source: gr.Radio  # FROM_TEXT or FROM_IMAGE
     #: Chains the image-path generation after another event (the Image tab's "Make 3D").
     run_from_image: Callable[[Any], Any]
+    made: Made  # for History
+
+
+def described(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a 3D run was asked (for History): the prompt, or the picture's name, and the model of that path."""
+    if settings.get("source") == FROM_IMAGE:
+        return f"from the picture {Path(str(settings.get('image') or '')).name}", settings.get("image_model")
+    return str(settings.get("prompt") or ""), settings.get("model")
 
 
 def presets(wrapper: PointEWrapper) -> dict[str, int]:
@@ -144,6 +159,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
                 model = model_dropdown(text_wrappers, text_default) if text_wrappers else gr.State(None)
                 prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
                 run = gr.Button("Generate", variant="primary", interactive=bool(text_wrappers))
+                examples([[text] for text in EXAMPLE_PROMPTS], [prompt])
             with gr.Group(visible=first.condition == "image") as image_group:
                 image_model = (
                     model_dropdown(image_wrappers, image_default, label="Image model") if image_wrappers else gr.State(None)
@@ -151,6 +167,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
                 # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
                 image = gr.File(label="Image", file_types=["image"], type="filepath")
                 run_image = gr.Button(IMAGE_RUN, variant="primary", interactive=bool(image_wrappers))
+                examples([[example_file(name)] for name in EXAMPLE_IMAGES], [image])
             notes = gr.Markdown(model_notes(first))
             preset = gr.Radio(
                 list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
@@ -302,6 +319,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
     )
     image_inputs = [image, image_model, guidance, steps, seed, randomise, make_mesh, mesh_grid]
     image_events = [run_image.click(from_image_page, image_inputs, [*outputs, run_image], api_visibility="private", **DEVICE_EVENT)]
+    runs = [event, *image_events]  # for History; the bridge's "Make 3D" adds its chained run
     if text_wrappers:
         endpoint_inputs = [api_text("prompt"), api_model(text_wrappers), *api_settings(wrappers[text_default])]
         api_endpoint(
@@ -318,6 +336,7 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         show_running([after.then], run_image, stop)
         chained = after.then(from_image_page, image_inputs, [*outputs, run_image], api_visibility="private", **DEVICE_EVENT)
         image_events.append(chained)
+        runs.append(chained)
         show_idle([chained], run_image, stop, label=IMAGE_RUN)
         stop.click(stopped, stats, [stats, run, run_image, stop], cancels=[chained], api_visibility="private")
         return chained
@@ -335,20 +354,30 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         api_visibility="private",
     )
 
-    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+    def show_choice(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
         wrapper = current(source_value, text_model, picture_model)
         return (
             gr.Group(visible=source_value == FROM_TEXT),
             gr.Group(visible=source_value == FROM_IMAGE),
             model_notes(wrapper),
             gr.Radio(choices=list(presets(wrapper)), value=None),
-            initial_steps(wrapper),
-            wrapper.defaults.guidance,
         )
 
+    def adopt_defaults(source_value: str, text_model: str | None, picture_model: str | None) -> tuple[Any, ...]:
+        wrapper = current(source_value, text_model, picture_model)
+        return initial_steps(wrapper), wrapper.defaults.guidance
+
+    # The view follows the path and model however they are set, the defaults only a person's pick
+    # (History's Re-run sets them together with its own settings).
     choosers = [source, model, image_model]
-    defaults_out = [text_group, image_group, notes, preset, steps, guidance]
     for chooser in choosers:
         if isinstance(chooser, (gr.Radio, gr.Dropdown)):
-            chooser.change(adopt_defaults, choosers, defaults_out, api_visibility="private")
-    return Points3DTab(image=image, source=source, run_from_image=run_from_image)
+            chooser.change(show_choice, choosers, [text_group, image_group, notes, preset], api_visibility="private")
+            chooser.input(adopt_defaults, choosers, [steps, guidance], api_visibility="private")
+    settings = {
+        "source": source, "prompt": prompt, "model": model, "image": image, "image_model": image_model,
+        "steps": steps, "guidance": guidance, "seed": seed, "randomise": randomise, "make_mesh": make_mesh,
+        "mesh_grid": mesh_grid,
+    }  # fmt: skip
+    made = Made(runs, settings, files=downloads, stats=stats, seed_used=seed_used, describe=described)
+    return Points3DTab(image=image, source=source, run_from_image=run_from_image, made=made)

@@ -15,13 +15,13 @@ generation on the very next token after Stop.
 from __future__ import annotations
 
 import importlib.util
-import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modules.threads_policy import compute_threads
 from modules.wrappers.base import InvalidInput, ModelUnavailable
 from modules.wrappers.chat import ChatSettings, ChatWrapper, Message, _Counter
 from modules.wrappers.gguf_header import context_length, kv_cache_bytes, read_scalars
@@ -32,11 +32,6 @@ INSTALL_HINT = "llama-cpp-python is not installed; `make run LLAMA=1` builds and
 def llama_cpp_installed() -> bool:
     """Whether `import llama_cpp` can work, found without importing it (that loads the native library)."""
     return importlib.util.find_spec("llama_cpp") is not None
-
-
-def cpu_threads() -> int:
-    """The cores this process may run on (a container's limit, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @dataclass
@@ -131,7 +126,7 @@ class LlamaCppChat(ChatWrapper):
         if not isinstance(template, str):
             raise ModelUnavailable(f"{self.entry.name}: {path.name} carries no chat template")
         n_ctx = self.context_for(metadata)
-        threads = cpu_threads()
+        threads = compute_threads()  # all cores, as torch uses (see modules/threads_policy.py)
         llm = self.loading(
             lambda: Llama(
                 model_path=str(path),

@@ -1,0 +1,247 @@
+"""History: one panel listing everything the tabs made in this browser, newest first.
+
+Each tab reports what it made through a `Made` hook: its page events, its settings and the components
+that hold its result. After each successful run this module records an entry (what was asked for, the
+model, the seed, the settings, the stats line with its timing, and the paths of the files made) and
+renders the list with a preview, a download per file and Re-run, which opens the tab with those settings
+filled in (the seed fixed to the one used), ready for Generate or for one change first.
+
+Entries live in the browser's own localStorage (`gr.BrowserState`): they survive a reload and are never
+shared between browsers. They hold parameters and file paths only, never the files. Since a browser can
+write anything into its localStorage, a path is shown or filled back only when it lies inside a folder
+this server serves anyway (the output folder, Gradio's upload folder, the examples); a file the output
+folder's housekeeping has removed is said to be removed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from gradio.components import Component
+from gradio.utils import get_upload_folder
+
+from modules.tabs.common import EXAMPLES_DIR
+
+#: The newest entries kept; older ones drop off (localStorage holds a few MB per site).
+MAX_ENTRIES = 40
+STORAGE_KEY = "atelier-history"
+#: BrowserState obfuscates its value with this key, which the page itself holds (so it is no secret); a
+#: fixed one lets the history outlive a server restart, where a random one would lose it.
+STORAGE_SECRET = "atelier-history-v1"
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif"}
+CLOUD_SUFFIXES = (".ply", ".glb")  # in order of preference for the preview
+#: Settings an entry shows in its own places (or not at all), not in its settings line.
+SHOWN_APART = {"prompt", "model", "image", "image_model", "source", "seed", "randomise"}
+
+Entry = dict[str, Any]
+
+
+def by_prompt(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a run asked for and which model made it, for a tab whose main input is `prompt`."""
+    return str(settings.get("prompt") or ""), settings.get("model")
+
+
+@dataclass(frozen=True)
+class Made:
+    """A tab's hook into History: the events that make something, and where what they made shows."""
+
+    #: The page's run events (a list the tab may still extend while the page is built).
+    runs: list[Any]
+    #: name -> input, recorded with each entry and filled back by Re-run. "seed" and "randomise", where
+    #: present, are set to the seed used and unticked, so Re-run repeats the result.
+    settings: dict[str, Component]
+    files: Component  # the files made (paths)
+    stats: Component  # the run's stats line: timing, steps, model
+    seed_used: Component | None = None
+    text: Component | None = None  # a text result, such as a caption
+    #: settings -> (what was asked for, the model), as the entry shows them
+    describe: Callable[[Mapping[str, Any]], tuple[str, Any]] = field(default=by_prompt)
+
+
+def hook_of(part: Any) -> Made | None:
+    """The History hook in what a tab builder returned: the hook itself, or its `made` field."""
+    return part if isinstance(part, Made) else getattr(part, "made", None)
+
+
+def served_roots(output_dir: Path) -> list[Path]:
+    return [output_dir.resolve(), Path(get_upload_folder()).resolve(), EXAMPLES_DIR.resolve()]
+
+
+def existing_file(path: Any, roots: list[Path]) -> str | None:
+    """`path` if it is a file inside one of `roots`; None if it is not there (any more) or lies elsewhere."""
+    if not isinstance(path, str) or not path:
+        return None
+    try:
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError):
+        return None
+    inside = any(resolved.is_relative_to(root) for root in roots)
+    return str(resolved) if inside and resolved.is_file() else None
+
+
+def file_paths(value: Any) -> list[str]:
+    """The paths a result component holds: one path, or a list of them."""
+    items = value if isinstance(value, list) else [value]
+    return [item for item in items if isinstance(item, str) and item]
+
+
+def entries_of(history: Any) -> list[Entry]:
+    """The stored list, with anything that is not an entry left out (it comes from the browser)."""
+    if not isinstance(history, list):
+        return []
+    shape = {"id": str, "task": str, "time": (int, float), "settings": dict, "files": list}
+    return [
+        entry
+        for entry in history
+        if isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in shape.items())
+    ]
+
+
+def recorder(task: str, made: Made) -> Callable[..., Any]:
+    """The function that adds a finished run of `task` to the history (its inputs: the history, the
+    settings, then files, stats and, where the tab has them, the seed used and the text)."""
+    names = list(made.settings)
+
+    def record(history: Any, *values: Any) -> Any:
+        settings = dict(zip(names, values))
+        files, stats, *rest = values[len(names) :]
+        seed = rest.pop(0) if made.seed_used is not None else None
+        text = rest.pop(0) if made.text is not None else None
+        paths = file_paths(files)
+        entries = entries_of(history)
+        if not paths and not text:
+            return gr.skip()
+        # A failed run leaves the last result in place: that one is already recorded.
+        if any(entry["task"] == task and entry["files"] == paths and entry.get("text") == text for entry in entries):
+            return gr.skip()
+        entry = {
+            "id": uuid.uuid4().hex,
+            "task": task,
+            "time": time.time(),
+            "settings": settings,
+            "seed": seed,
+            "stats": stats or "",
+            "files": paths,
+            "text": text,
+        }
+        return [entry, *entries][:MAX_ENTRIES]
+
+    return record
+
+
+def refill(made: Made, entry: Entry, roots: list[Path]) -> list[Any]:
+    """The values Re-run puts back into the tab's inputs, in `made.settings` order."""
+    settings = entry["settings"]
+    values = []
+    for name, component in made.settings.items():
+        value = settings.get(name)
+        if isinstance(component, (gr.File, gr.Image)):
+            value = existing_file(value, roots)
+        elif name == "seed" and made.seed_used is not None and entry.get("seed") is not None:
+            value = entry["seed"]
+        elif name == "randomise" and made.seed_used is not None and entry.get("seed") is not None:
+            value = False
+        values.append(value)
+    return values
+
+
+def details(made: Made, entry: Entry, title: str) -> str:
+    asked, model = made.describe(entry["settings"])
+    when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
+    lines = [f"{title} · {when}" + (f" · model `{model}`" if model else "")]
+    if asked:
+        lines.append(f"“{asked}”")
+    if entry.get("text"):
+        lines.append(f"Caption: “{entry['text']}”")
+    shown = [
+        f"{name} {value}"
+        for name, value in entry["settings"].items()
+        if name not in SHOWN_APART and value not in (None, "")
+    ]
+    if entry.get("seed") is not None:
+        shown.insert(0, f"seed {entry['seed']}")
+    if shown:
+        lines.append(" · ".join(shown))
+    if entry.get("stats"):
+        lines.append(str(entry["stats"]))
+    return "  \n".join(lines)  # one line each, no paragraph gaps
+
+
+def download_labels(files: list[str]) -> list[tuple[str, str]]:
+    """A button label per file: its type, numbered where a run made several of one type (a batch)."""
+    kinds = [Path(path).suffix.lstrip(".").upper() for path in files]
+    return [
+        (f"Download {kind}" + (f" {kinds[:i].count(kind) + 1}" if kinds.count(kind) > 1 else ""), path)
+        for i, (kind, path) in enumerate(zip(kinds, files))
+    ]
+
+
+def preview(files: list[str]) -> None:
+    """A small view of what was made: an image, a player or a 3D view."""
+    images = [path for path in files if Path(path).suffix.lower() in IMAGE_SUFFIXES]
+    sounds = [path for path in files if Path(path).suffix.lower() == ".wav"]
+    clouds = [path for suffix in CLOUD_SUFFIXES for path in files if path.lower().endswith(suffix)]
+    if images:
+        gr.Image(images[0], show_label=False, interactive=False, height=160, buttons=[])
+    elif sounds:
+        gr.Audio(sounds[0], show_label=False, interactive=False, buttons=[])
+    elif clouds:
+        gr.Model3D(clouds[0], show_label=False, display_mode="point_cloud", height=200, clear_color=(0.1, 0.1, 0.12, 1.0))
+
+
+def build_history_tab(
+    tabs: gr.Tabs, made: Mapping[str, Made], titles: Mapping[str, str], output_dir: Path
+) -> None:
+    """The History panel, and a recorder on every run event of every tab in `made` (task -> hook).
+
+    Call it after every tab (and anything that adds run events to them) is built.
+    """
+    roots = served_roots(output_dir)
+    history = gr.BrowserState([], storage_key=STORAGE_KEY, secret=STORAGE_SECRET)
+    gr.Markdown(
+        "Everything made in this browser, newest first (kept in this browser only, the newest "
+        f"{MAX_ENTRIES}). Re-run opens the tab with the same settings and seed: press Generate, or change "
+        "something first. The server keeps files for a limited time; after that an entry keeps its settings."
+    )
+    clear = gr.Button("Clear history", size="sm", variant="secondary", scale=0, min_width=140)
+    clear.click(lambda: [], None, history, api_visibility="private")
+
+    for task, hook in made.items():
+        extra = [c for c in (hook.seed_used, hook.text) if c is not None]
+        inputs = [history, *hook.settings.values(), hook.files, hook.stats, *extra]
+        for run in hook.runs:
+            run.success(recorder(task, hook), inputs, history, api_visibility="private", show_progress="hidden")
+
+    @gr.render(inputs=history)
+    def show(stored: Any) -> None:
+        entries = [entry for entry in entries_of(stored) if entry.get("task") in made]
+        if not entries:
+            gr.Markdown("Nothing yet: what you make on the other tabs appears here.")
+        for entry in entries:
+            hook, task = made[entry["task"]], entry["task"]
+            files = [path for path in (existing_file(p, roots) for p in file_paths(entry["files"])) if path]
+            with gr.Row(equal_height=False, variant="panel", elem_classes="history-entry"):
+                with gr.Column(scale=1, min_width=160):
+                    if files:
+                        preview(files)
+                    else:
+                        gr.Markdown("*The files of this run are no longer on the server; Re-run makes them again.*")
+                with gr.Column(scale=3, min_width=240):
+                    gr.Markdown(details(hook, entry, titles.get(task, task)))
+                    with gr.Row():
+                        rerun = gr.Button(
+                            "Re-run", size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}"
+                        )
+                        for label, path in download_labels(files):
+                            gr.DownloadButton(label, path, size="sm", scale=0, min_width=140)
+
+            def fill(entry: Entry = entry, hook: Made = hook, task: str = task) -> list[Any]:
+                return [*refill(hook, entry, roots), gr.Tabs(selected=task)]
+
+            rerun.click(fill, None, [*hook.settings.values(), tabs], api_visibility="private")

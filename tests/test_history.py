@@ -1,0 +1,204 @@
+"""History and examples: Re-run repeats a result byte for byte, each browser keeps its own history across
+reloads, a removed file is said to be removed, and every example of every tab runs.
+
+The browser tests drive headless Chromium (test_ui.browser) against the session's `--tiny` server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+
+from modules.tabs import caption, image, music, points3d
+from modules.tabs.common import example_file
+from modules.tabs.history import entries_of, existing_file, served_roots
+from tests.conftest import AppServer
+
+SLOW = 120_000  # ms: a tiny model on two shared cores; generous, never a speed target
+#: tab -> (its first example, its folder under --outputs, the suffix of the file compared, its random-seed
+#: box, what else a short run fills)
+RERUNS = {
+    "image": (image.EXAMPLE_PROMPTS[0], "images", ".png", "Randomise seed", {}),
+    "music": (music.EXAMPLES[0][0], "music", ".wav", "New random seed each time", {"number input for Duration (s)": "1"}),
+}
+DONE = {"image": "Done in", "music": "Done:"}
+
+
+def open_tab(page: object, tab_id: str) -> None:
+    page.locator(f'[role="tab"][data-tab-id="{tab_id}"]').click()
+
+
+def made_files(server: AppServer, folder: str, suffix: str) -> set[Path]:
+    return set((server.outputs / folder).glob(f"*{suffix}"))
+
+
+def generate(page: object, tab: str, fills: dict[str, str]) -> None:
+    """Press the tab's Generate (after `fills`: label -> value) and wait for a new finished result."""
+    output = page.locator(f"#{tab}-output")
+    done_before = output.get_by_text(DONE[tab]).count()  # 0 or 1: the status line of the last run
+    for label, value in fills.items():
+        page.get_by_label(label).fill(value)
+        page.get_by_label(label).press("Enter")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    if done_before:  # wait for the old line to go, then for the new one
+        output.get_by_text(DONE[tab]).wait_for(state="detached", timeout=SLOW)
+    output.get_by_text(DONE[tab]).wait_for(timeout=SLOW)
+
+
+def history_entries(page: object) -> object:
+    open_tab(page, "history")
+    return page.locator(".history-entry")
+
+
+@pytest.fixture(scope="module")
+def open_page() -> Iterator[object]:
+    from tests.test_ui import browser  # skips where Playwright is not installed
+
+    with browser() as open_page:
+        yield open_page
+
+
+@pytest.fixture(scope="module")
+def expect(open_page: object) -> object:
+    from tests.test_ui import playwright_api
+
+    return playwright_api.expect
+
+
+@pytest.mark.parametrize("tab", sorted(RERUNS))
+def test_rerun_of_an_entry_makes_a_byte_identical_file(
+    open_page: object, expect: object, tiny_app: AppServer, tab: str
+) -> None:
+    example, folder, suffix, random_seed, fills = RERUNS[tab]
+    page = open_page(tiny_app.url)
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(page, tab)
+    panel = page.get_by_role("tabpanel")  # only the open tab's panel is on the page
+    panel.get_by_text(example).first.click()
+    expect(panel.get_by_label("Prompt").first).to_have_value(example)  # the example fills the prompt
+    expect(panel.get_by_label(random_seed)).to_be_checked()
+    before = made_files(tiny_app, folder, suffix)
+    generate(page, tab, fills)  # with a random seed
+    (first,) = made_files(tiny_app, folder, suffix) - before
+
+    entries = history_entries(page)
+    entries.first.wait_for(timeout=SLOW)
+    count = entries.count()
+    entries.first.get_by_role("button", name="Re-run").click()
+    expect(page.locator(f'[role="tab"][data-tab-id="{tab}"]')).to_have_attribute("aria-selected", "true")
+    expect(panel.get_by_label(random_seed)).not_to_be_checked()  # the seed is the one used
+    expect(panel.get_by_label("Prompt").first).to_have_value(example)
+    before = made_files(tiny_app, folder, suffix)
+    generate(page, tab, {})
+    (second,) = made_files(tiny_app, folder, suffix) - before
+
+    assert second != first and second.read_bytes() == first.read_bytes()
+    entries = history_entries(page)
+    entries.nth(count).wait_for(timeout=SLOW)  # the re-run is an entry of its own, on top
+    page.close()
+
+
+def test_history_survives_a_reload_and_stays_in_its_own_browser(open_page: object, tiny_app: AppServer) -> None:
+    page = open_page(tiny_app.url)
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(page, "image")
+    prompt = "a history test, lighthouse"
+    page.get_by_label("Prompt").first.fill(prompt)
+    generate(page, "image", {})
+    entries = history_entries(page)
+    entries.filter(has_text=prompt).wait_for(timeout=SLOW)
+
+    other = open_page(tiny_app.url)  # a fresh browser context: its own localStorage, as another person's
+    other.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(other, "history")
+    other.get_by_text("Nothing yet").wait_for(timeout=SLOW)
+    assert other.locator(".history-entry").count() == 0, "another browser sees this browser's history"
+
+    page.reload()
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    entry = history_entries(page).filter(has_text=prompt)
+    entry.wait_for(timeout=SLOW)
+    assert entry.locator("img").count() == 1, "the entry lost its preview"
+    assert entry.get_by_role("button", name="Download PNG").count() == 1
+    other.reload()
+    other.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(other, "history")
+    other.get_by_text("Nothing yet").wait_for(timeout=SLOW)
+    other.close()
+    page.close()
+
+
+def test_an_entry_whose_files_are_gone_says_so(open_page: object, tiny_app: AppServer) -> None:
+    page = open_page(tiny_app.url)
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(page, "pointcloud")
+    page.get_by_label("Prompt").first.fill("a history test, a cone")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    entry = history_entries(page).filter(has_text="a history test, a cone")
+    entry.wait_for(timeout=SLOW)
+    # The output folder's housekeeping removes files; here every copy of this run's files goes.
+    stems = {Path(url.split("file=")[-1]).stem for url in entry.locator("a[href*='file=']").evaluate_all(
+        "links => links.map(link => link.href)")}  # fmt: skip
+    assert stems, "the entry offers no files"
+    for path in tiny_app.outputs.rglob("*"):
+        if path.is_file() and path.stem in stems:
+            path.unlink()
+    page.reload()
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    entry = history_entries(page).filter(has_text="a history test, a cone")
+    entry.get_by_text("no longer on the server").wait_for(timeout=SLOW)
+    assert entry.get_by_role("button", name="Re-run").count() == 1
+    page.close()
+
+
+def test_only_files_the_server_serves_anyway_are_shown(tmp_path: Path) -> None:
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    made = outputs / "made.png"
+    made.write_bytes(b"png")
+    roots = served_roots(outputs)
+    assert existing_file(str(made), roots) == str(made.resolve())
+    assert existing_file(str(outputs / "gone.png"), roots) is None
+    secret = tmp_path / "secret.txt"  # beside the output folder, as /etc/passwd would be
+    secret.write_text("no")
+    assert existing_file(str(secret), roots) is None
+    assert existing_file(str(outputs / ".." / "secret.txt"), roots) is None
+    assert existing_file(example_file("red-ball.png"), roots)
+
+
+def test_entries_of_another_shape_are_left_out() -> None:
+    """The list comes from the browser's storage, which anyone can edit: odd entries are dropped, not shown."""
+    good = {"id": "a", "task": "image", "time": 1.0, "settings": {"prompt": "x"}, "files": ["/x.png"]}
+    odd = [None, "text", {**good, "time": "noon"}, {**good, "files": "/x.png"}, {k: v for k, v in good.items() if k != "id"}]
+    assert entries_of([good, *odd]) == [good]
+    assert entries_of({"not": "a list"}) == []
+
+
+# -- Every example runs -----------------------------------------------------------------------------
+
+
+def examples() -> Iterator[tuple[str, tuple, dict]]:
+    """(endpoint, main input, settings) for every example the tabs offer, as a click then Generate runs it."""
+    for prompt in image.EXAMPLE_PROMPTS:
+        yield "/generate_image", (prompt,), {}
+    for prompt, _seconds in music.EXAMPLES:
+        # 1 s, not the example's 8-10 s: a tiny MusicGen takes over a minute for those on shared cores,
+        # and the duration is the slider's (capped to the server's limit when the tab is built).
+        yield "/generate_music", (prompt,), {"duration": 1}
+    for prompt in points3d.EXAMPLE_PROMPTS:
+        yield "/generate_3d", (prompt,), {}
+    for name in points3d.EXAMPLE_IMAGES:
+        yield "/generate_3d_from_image", (handle_file(example_file(name)),), {}
+    for name, opening in caption.EXAMPLES:
+        yield "/caption", (handle_file(example_file(name)),), {"prefix": opening}
+
+
+@pytest.mark.parametrize(("endpoint", "main", "settings"), list(examples()))
+def test_every_example_runs(tiny_client: Client, endpoint: str, main: tuple, settings: dict) -> None:
+    result = tiny_client.predict(*main, **settings, api_name=endpoint)
+    stats = result[-1] if endpoint != "/generate_music" else result[1]
+    made = [value for value in result if value]
+    assert made and stats, f"{endpoint} gave no result for {main}: {result}"
