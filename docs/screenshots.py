@@ -68,11 +68,18 @@ def points3d(page: object, picture: Path) -> None:
     page.wait_for_timeout(2000)  # the viewer draws the cloud after the file arrives (WebGL)
 
 
+def history(page: object, picture: Path) -> None:
+    page.locator(".history-entry").first.wait_for(timeout=SLOW)  # the runs above are its entries
+
+
 def system(page: object, picture: Path) -> None:
     page.locator("span.text", has_text="on device").first.wait_for(timeout=SLOW)  # the runs above loaded them
 
 
-TABS = {"chat": chat, "image": image, "caption": caption, "music": music, "pointcloud": points3d, "system": system}
+TABS = {
+    "chat": chat, "image": image, "caption": caption, "music": music, "pointcloud": points3d, "history": history,
+    "system": system,
+}  # fmt: skip
 
 
 def take(url: str, workdir: Path) -> None:
