@@ -336,3 +336,14 @@ def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_promp
             shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
             # The same seed's image as when it ran alone (a batched pass may round a unit differently).
             assert np.abs(shared - single).max() <= 2
+
+
+def test_every_endpoint_that_waits_says_so_in_its_own_status_line(tiny_app: AppServer) -> None:
+    """Music's status line is not its last output (its WAV files are): waiting must not land there."""
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    job = tiny_app.client().submit("a short tune", duration=1, api_name="/generate_music")
+    busy.result(timeout=300)
+    *_, files = job.result(timeout=300)
+    assert files and all(str(path).endswith(".wav") for path in files)
+    assert any(str(outputs[1]).startswith("Waiting for the device") for outputs in job.outputs())

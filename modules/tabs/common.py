@@ -378,14 +378,18 @@ def api_endpoint(
     work: Work | None = None,
     default: str | None = None,
     batch: Sequence[str] = (),
+    status: int = -1,
 ) -> None:
     """A named API and MCP endpoint that takes its turn in the device's fair queue; nothing on the page
-    triggers it. Its last output is its status line, where waiting requests see their place.
+    triggers it. Output `status` (default: the last) is its status line, where waiting requests see
+    their place.
 
     Its inputs are the API's own (the main input, then `api_*` parameters), so API callers get one
     vocabulary and the chosen model's defaults, while the page keeps its own controls and events.
     """
-    handler = on_device(serving, fn, kind, status_update(len(outputs)), page=False, work=work, default=default, batch=batch)
+    handler = on_device(
+        serving, fn, kind, status_update(len(outputs), status), page=False, work=work, default=default, batch=batch
+    )
     gr.Button(visible=False).click(handler, inputs, outputs, api_name=api_name, **DEVICE_EVENT)
 
 

@@ -275,6 +275,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         kind="music",
         work=work,
         default=default,
+        status=1,  # the status line; the last output is the WAV files
     )
     show_idle([event], run, stop)
     # Stop sets this browser's own flag: the run ends at the next frame and shows the audio made so far.
