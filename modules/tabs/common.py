@@ -473,6 +473,13 @@ def show_idle(runs: list[Any], run: gr.Button, stop: gr.Button, label: str = "Ge
         event.then(lambda: idle_buttons(label), None, [run, stop], queue=False, api_visibility="private")
 
 
+def on_stop(stop: gr.Button, runs: list[Any], fn: Callable[..., Any], inputs: Any, outputs: Any) -> None:
+    """Stop cancels `runs`, then `fn` writes the stopped state. Not in the same listener: a status update
+    the run sent just before it was cancelled can reach the page after that listener's own, and would put
+    the live line back over "Stopped at ..."; a `.then` runs once the cancellation is through."""
+    stop.click(None, cancels=runs, api_visibility="private").then(fn, inputs, outputs, api_visibility="private")
+
+
 class StopFlags:
     """Stop for one tab's page runs that keep what they made: one flag per browser session, which the
     run's wrapper checks every step.

@@ -22,6 +22,7 @@ from modules.tabs.common import (
     model_dropdown,
     model_notes,
     named_errors,
+    on_stop,
     on_device,
     pick,
     request_seed,
@@ -251,9 +252,7 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
         batch=BATCH_BY,
     )
     show_idle([event], run, stop)
-    stop.click(
-        lambda status: (stopped_line(status), *idle_buttons()), stats, [stats, run, stop], cancels=[event], api_visibility="private"
-    )
+    on_stop(stop, [event], lambda status: (stopped_line(status), *idle_buttons()), stats, [stats, run, stop])
 
     def remember(evt: gr.SelectData) -> int:
         return evt.index

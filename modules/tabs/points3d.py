@@ -27,6 +27,7 @@ from modules.tabs.common import (
     model_notes,
     named_errors,
     on_device,
+    on_stop,
     pick,
     request_seed,
     running_label,
@@ -338,13 +339,13 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         image_events.append(chained)
         runs.append(chained)
         show_idle([chained], run_image, stop, label=IMAGE_RUN)
-        stop.click(stopped, stats, [stats, run, run_image, stop], cancels=[chained], api_visibility="private")
+        on_stop(stop, [chained], stopped, stats, [stats, run, run_image, stop])
         return chained
 
     show_idle([event], run, stop)
     show_idle(image_events, run_image, stop, label=IMAGE_RUN)
     # Stop cancels this browser's own events; closing a generator sets its stop flag and ends the lease.
-    stop.click(stopped, stats, [stats, run, run_image, stop], cancels=[event, *image_events], api_visibility="private")
+    on_stop(stop, [event, *image_events], stopped, stats, [stats, run, run_image, stop])
 
     def current(source_value: str, text_model: str | None, picture_model: str | None) -> PointEWrapper:
         return pick(wrappers, text_model if source_value == FROM_TEXT else picture_model)
