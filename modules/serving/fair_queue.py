@@ -212,9 +212,10 @@ class FairQueue:
             client = self._next_client(self._lines)
             if client is None:
                 break
-            ticket = self._lines[client].tickets.popleft()
+            line = self._lines[client]
+            ticket, turn_before = line.tickets.popleft(), line.last_served
             if self._grant(ticket, ticket.number) and ticket.batch_key is not None:
-                self._grant_riders(ticket)
+                self._grant_riders(ticket, turn_before)
         for client in [client for client, line in self._lines.items() if not line.tickets and line.last_served == -math.inf]:
             del self._lines[client]  # never served and nothing waiting: nothing to remember
         self._changed.notify_all()
@@ -231,14 +232,16 @@ class FairQueue:
         self._running.append(ticket)
         return True
 
-    def _grant_riders(self, first: Ticket) -> None:
-        """Waiting tickets of *other* clients that can share `first`'s pass run in its turn: each client's
-        oldest such ticket, oldest first, up to max_batch. One per client, so a flood of identical
-        requests still takes one turn at a time, while everyone else who asked the same rides along."""
+    def _grant_riders(self, first: Ticket, turn_before: float) -> None:
+        """Waiting tickets of other clients that can share `first`'s pass run in its turn: each client's
+        oldest such ticket, oldest first, up to max_batch, from clients whose turn was due no later than
+        `first`'s (not served since `first`'s client last was, at `turn_before`). So a room asking the
+        same thing at once shares one pass, while a flood of identical requests neither takes more than
+        one turn at a time nor rides along on everyone else's turn."""
         oldest: dict[str, Ticket] = {}
         for client, line in self._lines.items():
             match = next((t for t in line.tickets if t.batch_key == first.batch_key), None)
-            if client != first.client and match is not None:
+            if client != first.client and match is not None and line.last_served <= turn_before:
                 oldest[client] = match
         riders = sorted(oldest.values(), key=lambda t: t.number)[: self.max_batch - 1]
         for rider in riders:
