@@ -6,8 +6,8 @@ served least recently (InvokeAI's multi-user queue works the same way). A client
 requests therefore delays a client with one by at most one request, whatever the order they came in.
 
 Requests that can share one forward pass (the same `batch_key`: same model and settings) go onto the
-device together when the first of them gets its turn, as one run: one request per client, and each
-rider's client counts as served.
+device together when the first of them gets its turn, as one run: one request from each client that
+has nothing else waiting, and each rider's client counts as served.
 
 Each request says what `kind` of work it is and how much (`work`: steps, seconds of audio, ...). The
 queue learns each kind's seconds per unit of work from the runs it has seen, which gives every waiting
@@ -212,10 +212,9 @@ class FairQueue:
             client = self._next_client(self._lines)
             if client is None:
                 break
-            line = self._lines[client]
-            ticket, turn_before = line.tickets.popleft(), line.last_served
+            ticket = self._lines[client].tickets.popleft()
             if self._grant(ticket, ticket.number) and ticket.batch_key is not None:
-                self._grant_riders(ticket, turn_before)
+                self._grant_riders(ticket)
         for client in [client for client, line in self._lines.items() if not line.tickets and line.last_served == -math.inf]:
             del self._lines[client]  # never served and nothing waiting: nothing to remember
         self._changed.notify_all()
@@ -232,17 +231,15 @@ class FairQueue:
         self._running.append(ticket)
         return True
 
-    def _grant_riders(self, first: Ticket, turn_before: float) -> None:
-        """Waiting tickets of other clients that can share `first`'s pass run in its turn: each client's
-        oldest such ticket, oldest first, up to max_batch, from clients whose turn was due no later than
-        `first`'s (not served since `first`'s client last was, at `turn_before`). So a room asking the
-        same thing at once shares one pass, while a flood of identical requests neither takes more than
-        one turn at a time nor rides along on everyone else's turn."""
+    def _grant_riders(self, first: Ticket) -> None:
+        """Waiting tickets of other clients that can share `first`'s pass run in its turn, oldest first, up
+        to max_batch: from each client that has only that one request waiting. So a room asking the same
+        thing at once shares one pass, while a flood of identical requests neither takes more than one
+        turn at a time nor rides along on everyone else's turn (which would slow their pass)."""
         oldest: dict[str, Ticket] = {}
         for client, line in self._lines.items():
-            match = next((t for t in line.tickets if t.batch_key == first.batch_key), None)
-            if client != first.client and match is not None and line.last_served <= turn_before:
-                oldest[client] = match
+            if client != first.client and len(line.tickets) == 1 and line.tickets[0].batch_key == first.batch_key:
+                oldest[client] = line.tickets[0]
         riders = sorted(oldest.values(), key=lambda t: t.number)[: self.max_batch - 1]
         for rider in riders:
             self._lines[rider.client].tickets.remove(rider)
