@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -158,16 +158,15 @@ class FairQueue:
         with self._changed:
             now = self._clock()
             ahead = list(self._running)
-            lines = {client: (deque(line.tickets), line.last_served) for client, line in self._lines.items()}
+            lines = {client: _Line(deque(line.tickets), line.last_served) for client, line in self._lines.items()}
             while True:
                 client = self._next_client(lines)
                 if client is None:
                     break
-                tickets, _ = lines[client]
-                nxt = tickets.popleft()
+                nxt = lines[client].tickets.popleft()
                 if nxt is ticket:
                     break
-                lines[client] = (tickets, now + len(ahead))  # served in turn: to the back of the rotation
+                lines[client].last_served = now + len(ahead)  # served in turn: to the back of the rotation
                 ahead.append(nxt)
             waits = [self.estimate(t.kind, t.work) for t in ahead]
             if any(wait is None for wait in waits):
@@ -196,15 +195,10 @@ class FairQueue:
         return sum(len(line.tickets) for line in self._lines.values())
 
     @staticmethod
-    def _next_client(lines: dict[str, tuple[deque[Ticket], float]] | OrderedDict[str, _Line]) -> str | None:
+    def _next_client(lines: Mapping[str, _Line]) -> str | None:
         """The client with a waiting ticket that was served least recently (ties: the oldest ticket)."""
-        best: tuple[float, int] | None = None
-        chosen = None
-        for client, line in lines.items():
-            tickets, last_served = (line.tickets, line.last_served) if isinstance(line, _Line) else line
-            if tickets and (best is None or (last_served, tickets[0].number) < best):
-                best, chosen = (last_served, tickets[0].number), client
-        return chosen
+        waiting = [(line.last_served, line.tickets[0].number, client) for client, line in lines.items() if line.tickets]
+        return min(waiting)[2] if waiting else None
 
     def _dispatch(self) -> None:
         """Give free slots to the next clients in the rotation (called with the lock held)."""

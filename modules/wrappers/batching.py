@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 I = TypeVar("I")
 R = TypeVar("R")
@@ -23,6 +23,28 @@ R = TypeVar("R")
 MAX_BATCH = 8
 #: Longest the first arrival waits for the others (they may be waiting for the model to load).
 PATIENCE_SECONDS = 30.0
+
+
+class Share(Protocol):
+    """What every caller's share of a batch carries: its progress callback and its Stop."""
+
+    report: Callable[[int, int], None]
+    stop: threading.Event
+
+
+def report_to_all(shares: list[Share]) -> Callable[[int, int], None]:
+    """A progress callback for the pass: every caller sees every step."""
+
+    def report(step: int, total: int) -> None:
+        for share in shares:
+            share.report(step, total)
+
+    return report
+
+
+def all_stopped(shares: list[Share]) -> Callable[[], bool]:
+    """Whether the pass may end early: only when every caller has stopped (the others still want it)."""
+    return lambda: all(share.stop.is_set() for share in shares)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from pydantic import Field
 from modules.catalog import ModelEntry
 from modules.memory import MemoryManager
 from modules.wrappers.base import HostSettings, OnStep, Settings, Step, Wrapper, check_prompt, relay_steps, resolve_seed
-from modules.wrappers.batching import Gather
+from modules.wrappers.batching import Gather, all_stopped, report_to_all
 from modules.wrappers.images import LoadedImage, load_image
 from modules.wrappers.sampling import own_random_stream
 
@@ -106,15 +106,8 @@ class CaptionWrapper(Wrapper):
         """One pass for requests that share settings (and so a model): every one sees every token's
         progress, and the pass ends early only when all of them are stopped."""
         first = requests[0]
-
-        def report(step: int, total: int) -> None:
-            for request in requests:
-                request.report(step, total)
-
-        def everyone_stopped() -> bool:
-            return all(request.stop.is_set() for request in requests)
-
-        return self._caption(first.model, [request.image for request in requests], first.settings, report, everyone_stopped)
+        images = [request.image for request in requests]
+        return self._caption(first.model, images, first.settings, report_to_all(requests), all_stopped(requests))
 
     @abstractmethod
     def _caption(

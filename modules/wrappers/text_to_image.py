@@ -52,7 +52,7 @@ from modules.wrappers.base import (
     relay_steps,
     resolve_seed,
 )
-from modules.wrappers.batching import Gather
+from modules.wrappers.batching import Gather, all_stopped, report_to_all
 from modules.wrappers.metadata import file_sha256
 
 SchedulerName = Literal["default", "euler", "euler-a", "dpm++-2m", "ddim"]
@@ -376,11 +376,11 @@ class DiffusersTextToImage(Wrapper):
 
         first = requests[0]
         settings = first.settings
+        report, stopped = report_to_all(requests), all_stopped(requests)
 
         def on_step_end(pipeline: Any, index: int, timestep: Any, tensors: dict[str, Any]) -> dict[str, Any]:
-            for request in requests:
-                request.report(index + 1, getattr(pipeline, "num_timesteps", settings.num_steps))
-            if all(request.stop.is_set() for request in requests):
+            report(index + 1, getattr(pipeline, "num_timesteps", settings.num_steps))
+            if stopped():
                 pipeline._interrupt = True  # diffusers checks it before the next step
             return {}
 
