@@ -112,7 +112,9 @@ def test_rerun_of_an_entry_makes_a_byte_identical_file(
     page.close()
 
 
-def test_history_survives_a_reload_and_stays_in_its_own_browser(open_page: object, tiny_app: AppServer) -> None:
+def test_history_survives_a_reload_and_stays_in_its_own_browser(
+    open_page: object, expect: object, tiny_app: AppServer
+) -> None:
     page = open_page(tiny_app.url)
     page.get_by_role("tab").first.wait_for(timeout=30_000)
     open_tab(page, "image")
@@ -126,14 +128,15 @@ def test_history_survives_a_reload_and_stays_in_its_own_browser(open_page: objec
     other.get_by_role("tab").first.wait_for(timeout=30_000)
     open_tab(other, "history")
     other.get_by_text("Nothing yet").wait_for(timeout=SLOW)
-    assert other.locator(".history-entry").count() == 0, "another browser sees this browser's history"
+    expect(other.locator(".history-entry"), "another browser sees this browser's history").to_have_count(0)
 
     page.reload()
     page.get_by_role("tab").first.wait_for(timeout=30_000)
     entry = history_entries(page).filter(has_text=prompt)
     entry.wait_for(timeout=SLOW)
-    assert entry.locator("img").count() == 1, "the entry lost its preview"
-    assert entry.get_by_role("button", name="Download PNG").count() == 1
+    # The entry's parts are mounted one after another as the list is drawn: wait for each.
+    expect(entry.locator("img"), "the entry lost its preview").to_have_count(1)
+    expect(entry.get_by_role("button", name="Download PNG")).to_have_count(1)
     other.reload()
     other.get_by_role("tab").first.wait_for(timeout=30_000)
     open_tab(other, "history")
@@ -142,7 +145,7 @@ def test_history_survives_a_reload_and_stays_in_its_own_browser(open_page: objec
     page.close()
 
 
-def test_an_entry_whose_files_are_gone_says_so(open_page: object, tiny_app: AppServer) -> None:
+def test_an_entry_whose_files_are_gone_says_so(open_page: object, expect: object, tiny_app: AppServer) -> None:
     page = open_page(tiny_app.url)
     page.get_by_role("tab").first.wait_for(timeout=30_000)
     open_tab(page, "pointcloud")
@@ -161,7 +164,7 @@ def test_an_entry_whose_files_are_gone_says_so(open_page: object, tiny_app: AppS
     page.get_by_role("tab").first.wait_for(timeout=30_000)
     entry = history_entries(page).filter(has_text="a history test, a cone")
     entry.get_by_text("no longer on the server").wait_for(timeout=SLOW)
-    assert entry.get_by_role("button", name="Re-run").count() == 1
+    expect(entry.get_by_role("button", name="Re-run")).to_have_count(1)
     page.close()
 
 
