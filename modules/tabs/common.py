@@ -27,7 +27,8 @@ T = TypeVar("T")
 
 #: How often a request waiting for the device is told its place and wait.
 WAIT_UPDATE_SECONDS = 1.0
-#: How often a stepped generation sends its status line (and so how soon Stop can take effect).
+#: How often a stepped generation sends its status line (and so how soon Stop can take effect) and
+#: moves its progress bar, at most.
 STATUS_SECONDS = 0.25
 #: Below this width (CSS px) the page is a phone's: settings start folded.
 PHONE_WIDTH = 700
@@ -89,9 +90,20 @@ def errors_in_place(updates: Iterable[tuple[Any, ...]], outputs: int, status: in
 
 
 def step_progress(progress: gr.Progress, description: str, unit: str = "steps", scale: float = 1.0) -> OnStep:
-    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar (`scale` converts steps to `unit`)."""
+    """Adapt a wrapper's `on_step(i, total)` to a Gradio progress bar (`scale` converts steps to `unit`).
+
+    The bar moves at the first and last step and at most every `STATUS_SECONDS` between: each move is a
+    message on which the page refreshes every component's loading status, which costs the browser more
+    CPU than a tiny model's step, and on a small machine the browser shares the cores with the model.
+    """
+    last_sent = float("-inf")
 
     def on_step(step: int, total: int) -> None:
+        nonlocal last_sent
+        now = time.monotonic()
+        if step < total and now - last_sent < STATUS_SECONDS:
+            return
+        last_sent = now
         progress((round(step * scale, 2), round(total * scale, 2)), desc=description, unit=unit)
 
     return on_step

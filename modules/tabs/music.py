@@ -163,19 +163,17 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         """The updates of one run: a live chunk and status line per second of audio, then the players."""
         wrapper = pick(wrappers, model, default)
         frame_rate = 50  # progress in seconds of audio; every MusicGen EnCodec runs at 50 frames/s
-        to_bar = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
-
-        def on_step(frame: int, frames: int) -> None:
-            if frame % 5 == 0 or frame == frames:  # every 0.1 s of audio is plenty for a progress bar
-                to_bar(frame, frames)
-
+        on_step = step_progress(progress, "seconds of audio", unit="s", scale=1 / frame_rate)
         quiet = (gr.skip(),) * (len(players) + 1)
+        seed_shown = False  # the seed box changes once; every update the page gets costs it CPU
         for item in wrapper.generate(prompt, on_step=on_step, interrupt=interrupt, seed=seed, **settings):
             if not item.done:
                 if interrupt is not None and interrupt.is_set():
                     continue  # stopped: the clip so far comes next, sooner without this chunk's encoding
-                chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else None
-                yield (chunk, status_line(item, wrapper.entry.name), item.seed, *quiet)
+                # Without FFmpeg the live player is left alone: an empty stream sets the page polling it.
+                chunk = wav_bytes(item.chunk[0], item.sampling_rate) if CAN_STREAM else gr.skip()
+                yield (chunk, status_line(item, wrapper.entry.name), gr.skip() if seed_shown else item.seed, *quiet)
+                seed_shown = True
                 continue
             paths = [str(path) for path in item.paths]
             shown = [gr.Audio(value=paths[i] if i < len(paths) else None, visible=i < max(1, len(paths))) for i in range(len(players))]
