@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -11,7 +10,7 @@ import gradio as gr
 from gradio.context import LocalContext
 
 from modules.serving import Serving
-from modules.tabs.history import Made
+from modules.tabs.history import Made, is_entry_id
 from modules.tabs.common import (
     DEVICE_EVENT,
     api_model,
@@ -276,7 +275,7 @@ def build_chat_tab(
         if not turns:
             return None, None, "", ""
         # The id may come back from the browser (Continue), and it names the conversation in its file.
-        if not (isinstance(conversation_key, str) and re.fullmatch(r"[0-9a-f]{32}", conversation_key)):
+        if not is_entry_id(conversation_key):
             conversation_key = uuid.uuid4().hex
         stats = last_stats(conversation)
         chat_settings = dict(zip(("system_prompt", "temperature", "top_p", "max_new_tokens"), values))

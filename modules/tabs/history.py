@@ -15,6 +15,7 @@ folder's housekeeping has removed is said to be removed.
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -43,6 +44,7 @@ SHOWN_APART = {"prompt", "model", "image", "image_model", "source", "seed", "ran
 SHOWN_CHARS = 240
 
 Entry = dict[str, Any]
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex: entries are told apart, and Re-run picks one, by it
 #: Where a setting lives: one input, or several that hold the same value (read from the first, filled
 #: into each; Chat's conversation is both its chatbot and ChatInterface's copy of it).
 Setting = Component | tuple[Component, ...]
@@ -109,15 +111,21 @@ def file_paths(value: Any) -> list[str]:
     return [item for item in items if isinstance(item, str) and item]
 
 
+def is_entry_id(value: Any) -> bool:
+    return isinstance(value, str) and ENTRY_ID.fullmatch(value) is not None
+
+
 def entries_of(history: Any) -> list[Entry]:
     """The stored list, with anything that is not an entry left out (it comes from the browser)."""
     if not isinstance(history, list):
         return []
-    shape = {"id": str, "task": str, "time": (int, float), "settings": dict, "files": list}
+    shape = {"task": str, "time": (int, float), "settings": dict, "files": list}
     return [
         entry
         for entry in history
-        if isinstance(entry, dict) and all(isinstance(entry.get(key), kind) for key, kind in shape.items())
+        if isinstance(entry, dict)
+        and is_entry_id(entry.get("id"))
+        and all(isinstance(entry.get(key), kind) for key, kind in shape.items())
     ]
 
 
@@ -140,10 +148,12 @@ def recorder(task: str, made: Made) -> Callable[..., Any]:
         # already recorded.
         if any(entry["task"] == task and entry["files"] == paths and entry.get("text") == text for entry in entries):
             return gr.skip()
-        if isinstance(entry_id, str) and entry_id:
+        if is_entry_id(entry_id):
             entries = [entry for entry in entries if entry["id"] != entry_id]
+        else:
+            entry_id = uuid.uuid4().hex
         entry = {
-            "id": entry_id or uuid.uuid4().hex,
+            "id": entry_id,
             "task": task,
             "time": time.time(),
             "settings": settings,
@@ -155,6 +165,12 @@ def recorder(task: str, made: Made) -> Callable[..., Any]:
         return [entry, *entries][:MAX_ENTRIES]
 
     return record
+
+
+def filled_by(made: Made) -> list[Component]:
+    """The components Re-run sets for a tab, in `refill` order."""
+    settings = [component for setting in made.settings.values() for component in held_in(setting)]
+    return settings + ([made.entry_id] if made.entry_id is not None else [])
 
 
 def refill(made: Made, entry: Entry, roots: list[Path]) -> list[Any]:
@@ -249,6 +265,25 @@ def build_history_tab(
         for run in hook.runs:
             run.success(recorder(task, hook), inputs, history, api_visibility="private", show_progress="hidden")
 
+    # Re-run is one event, outside the list: an entry's button only names its entry, in the browser. A
+    # server event of the button's own would be lost to a click that lands while gr.render draws the list
+    # again (as it does just after an entry is stored): the redraw replaces the events the list registered.
+    chosen = gr.Textbox(visible=False)
+    filled = {task: filled_by(hook) for task, hook in made.items()}
+
+    def rerun(choice: str, stored: Any) -> list[Any]:
+        entry_id = choice.split(" ")[0]  # then the time of the click, so a second click is a change too
+        entry = next((entry for entry in entries_of(stored) if entry["id"] == entry_id and entry["task"] in made), None)
+        if entry is None:
+            return [gr.skip()] * (sum(map(len, filled.values())) + 1)
+        values = []
+        for task, components in filled.items():
+            values += refill(made[task], entry, roots) if task == entry["task"] else [gr.skip()] * len(components)
+        return [*values, gr.Tabs(selected=entry["task"])]
+
+    outputs = [component for components in filled.values() for component in components]
+    chosen.change(rerun, [chosen, history], [*outputs, tabs], api_visibility="private", show_progress="hidden")
+
     @gr.render(inputs=history)
     def show(stored: Any) -> None:
         entries = [entry for entry in entries_of(stored) if entry.get("task") in made]
@@ -273,10 +308,5 @@ def build_history_tab(
                         )
                         for label, path in download_labels(files):
                             gr.DownloadButton(label, path, size="sm", scale=0, min_width=140)
-
-            def fill(entry: Entry = entry, hook: Made = hook, task: str = task) -> list[Any]:
-                return [*refill(hook, entry, roots), gr.Tabs(selected=task)]
-
-            filled = [component for setting in hook.settings.values() for component in held_in(setting)]
-            continued = [hook.entry_id] if hook.entry_id is not None else []
-            rerun.click(fill, None, [*filled, *continued, tabs], api_visibility="private")
+            # The id is checked hex (entries_of), so it is safe inside the script.
+            rerun.click(None, None, chosen, js=f"() => '{entry['id']} ' + Date.now()")
