@@ -207,5 +207,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         "image": upload, "model": model, "prefix": prefix, "decoding": decoding, "num_beams": beams, "top_p": top_p,
         "temperature": temperature, "max_new_tokens": max_length,
     }  # fmt: skip
-    made = Made(runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, describe=described)
+    made = Made(
+        runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, text_label="Caption", describe=described
+    )
     return CaptionTab(upload=upload, caption=caption_text, use_button=use_button, made=made)

@@ -4,7 +4,8 @@ Each tab reports what it made through a `Made` hook: its page events, its settin
 that hold its result. After each successful run this module records an entry (what was asked for, the
 model, the seed, the settings, the stats line with its timing, and the paths of the files made) and
 renders the list with a preview, a download per file and Re-run, which opens the tab with those settings
-filled in (the seed fixed to the one used), ready for Generate or for one change first.
+filled in (the seed fixed to the one used), ready for Generate or for one change first. A tab whose
+work goes on (Chat: a conversation) names the entry it continues, and its runs update that one entry.
 
 Entries live in the browser's own localStorage (`gr.BrowserState`): they survive a reload and are never
 shared between browsers. They hold parameters and file paths only, never the files. Since a browser can
@@ -196,14 +197,18 @@ def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def details(made: Made, entry: Entry, title: str) -> str:
+def text_of(made: Made, entry: Entry) -> str:
+    return f"{made.text_label}: “{shorten(str(entry.get('text') or ''))}”"
+
+
+def details(made: Made, entry: Entry, title: str, with_text: bool = True) -> str:
     asked, model = made.describe(entry["settings"])
     when = time.strftime("%H:%M:%S", time.localtime(entry["time"]))
     lines = [f"{title} · {when}" + (f" · model `{model}`" if model else "")]
     if asked:
         lines.append(f"“{shorten(asked)}”")
-    if entry.get("text"):
-        lines.append(f"{made.text_label}: “{shorten(str(entry['text']))}”")
+    if with_text and entry.get("text"):
+        lines.append(text_of(made, entry))
     # Plain values only: a setting that holds more (Chat's conversation) shows through the lines above.
     shown = [
         f"{name} {shorten(str(value), 80)}"
@@ -293,15 +298,18 @@ def build_history_tab(
             hook, task = made[entry["task"]], entry["task"]
             files = [path for path in (existing_file(p, roots) for p in file_paths(entry["files"])) if path]
             with gr.Row(equal_height=False, variant="panel", elem_classes="history-entry"):
-                if not files:
-                    with gr.Column(scale=1, min_width=160):
+                # A run without a picture, player or 3D view (a chat) shows its text where those go.
+                text_apart = bool(files) and not any(Path(path).suffix.lower() in PREVIEWED for path in files)
+                with gr.Column(scale=1, min_width=160):
+                    if not files:
                         gone = f"The files of this run are no longer on the server; {hook.rerun_label} makes them again."
                         gr.Markdown(f"*{gone}*")
-                elif any(Path(path).suffix.lower() in PREVIEWED for path in files):
-                    with gr.Column(scale=1, min_width=160):
+                    elif text_apart:
+                        gr.Markdown(text_of(hook, entry), max_height=160, container=True, padding=True)
+                    else:
                         preview(files)
                 with gr.Column(scale=3, min_width=240):
-                    gr.Markdown(details(hook, entry, titles.get(task, task)))
+                    gr.Markdown(details(hook, entry, titles.get(task, task), with_text=not text_apart))
                     with gr.Row():
                         rerun = gr.Button(
                             hook.rerun_label, size="sm", variant="primary", scale=0, min_width=100, key=f"rerun-{entry['id']}"
