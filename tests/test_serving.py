@@ -22,6 +22,7 @@ from gradio_client.exceptions import AppError
 
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
+from modules.tabs.common import batch_part
 from tests.conftest import AppServer
 from tests import test_page
 from tests.test_page import DESKTOP, SLOW, open_page, open_tab
@@ -340,6 +341,11 @@ def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_promp
             shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
             # The same seed's image as when it ran alone (a batched pass may round a unit differently).
             assert np.abs(shared - single).max() <= 2
+
+
+def test_page_and_api_requests_with_equal_settings_have_one_batch_key() -> None:
+    assert batch_part(8) == batch_part(8.0) != batch_part(8.5)  # a slider's 8.0, an API caller's 8
+    assert batch_part(True) != batch_part(1) and batch_part("beam") != batch_part("nucleus")
 
 
 def test_music_waiting_together_generates_in_one_batch_each_with_its_own_seed(tiny_app: AppServer) -> None:
