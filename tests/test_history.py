@@ -31,6 +31,14 @@ def open_tab(page: object, tab_id: str) -> None:
     page.locator(f'[role="tab"][data-tab-id="{tab_id}"]').click()
 
 
+def open_on(open_page: object, server: AppServer, tab_id: str) -> object:
+    """A page of `server` in a browser of its own, on the tab `tab_id`."""
+    page = open_page(server.url)
+    page.get_by_role("tab").first.wait_for(timeout=30_000)
+    open_tab(page, tab_id)
+    return page
+
+
 def made_files(server: AppServer, folder: str, suffix: str) -> set[Path]:
     return set((server.outputs / folder).glob(f"*{suffix}"))
 
@@ -76,9 +84,7 @@ def test_rerun_of_an_entry_makes_a_byte_identical_file(
     open_page: object, expect: object, tiny_app: AppServer, tab: str
 ) -> None:
     example, folder, suffix, random_seed, fills = RERUNS[tab]
-    page = open_page(tiny_app.url)
-    page.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(page, tab)
+    page = open_on(open_page, tiny_app, tab)
     panel = page.get_by_role("tabpanel")  # only the open tab's panel is on the page
     panel.get_by_text(example).first.click()
     expect(panel.get_by_label("Prompt").first).to_have_value(example)  # the example fills the prompt
@@ -108,18 +114,14 @@ def test_rerun_of_an_entry_makes_a_byte_identical_file(
 def test_history_survives_a_reload_and_stays_in_its_own_browser(
     open_page: object, expect: object, tiny_app: AppServer
 ) -> None:
-    page = open_page(tiny_app.url)
-    page.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(page, "image")
+    page = open_on(open_page, tiny_app, "image")
     prompt = "a history test, lighthouse"
     page.get_by_label("Prompt").first.fill(prompt)
     generate(page, "image", {})
     entries = history_entries(page)
     entries.filter(has_text=prompt).wait_for(timeout=SLOW)
 
-    other = open_page(tiny_app.url)  # a fresh browser context: its own localStorage, as another person's
-    other.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(other, "history")
+    other = open_on(open_page, tiny_app, "history")  # a fresh context: its own localStorage, as another person's
     other.get_by_text("Nothing yet").wait_for(timeout=SLOW)
     expect(other.locator(".history-entry"), "another browser sees this browser's history").to_have_count(0)
 
@@ -159,9 +161,7 @@ def transcript(entry: object) -> str:
 def test_a_conversation_is_one_entry_that_continues_after_a_reload(
     open_page: object, expect: object, tiny_app: AppServer
 ) -> None:
-    page = open_page(tiny_app.url)
-    page.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(page, "chat")
+    page = open_on(open_page, tiny_app, "chat")
     send(page, "history chat, first message")
     entry = chat_entries(page)
     # Recorded once the reply is through (not per streamed token), with its speed and a transcript.
@@ -179,9 +179,7 @@ def test_a_conversation_is_one_entry_that_continues_after_a_reload(
     assert "## User\n\nhistory chat, first message" in text and "## User\n\nhistory chat, second message" in text
     assert text.count("## Assistant") == 2 and "Tiny Llama" in text
 
-    other = open_page(tiny_app.url)  # another browser: its own history
-    other.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(other, "history")
+    other = open_on(open_page, tiny_app, "history")  # another browser: its own history
     other.get_by_text("Nothing yet").wait_for(timeout=SLOW)
     other.close()
 
@@ -209,9 +207,7 @@ def test_a_conversation_is_one_entry_that_continues_after_a_reload(
 
 
 def test_an_entry_whose_files_are_gone_says_so(open_page: object, expect: object, tiny_app: AppServer) -> None:
-    page = open_page(tiny_app.url)
-    page.get_by_role("tab").first.wait_for(timeout=30_000)
-    open_tab(page, "pointcloud")
+    page = open_on(open_page, tiny_app, "pointcloud")
     page.get_by_label("Prompt").first.fill("a history test, a cone")
     page.get_by_role("button", name="Generate", exact=True).click()
     entry = history_entries(page).filter(has_text="a history test, a cone")
