@@ -162,10 +162,14 @@ def test_a_conversation_is_one_entry_that_continues_after_a_reload(
     open_page: object, expect: object, tiny_app: AppServer
 ) -> None:
     page = open_on(open_page, tiny_app, "chat")
+    panel = page.get_by_role("tabpanel")
+    panel.get_by_text("Settings").click()
+    panel.get_by_label("System prompt").fill("You answer in rhyme.")
     send(page, "history chat, first message")
     entry = chat_entries(page)
     # Recorded once the reply is through (not per streamed token), with its speed and a transcript.
     entry.filter(has_text="1 turn ·").wait_for(timeout=SLOW)
+    expect(entry.get_by_text("system_prompt You answer in rhyme.")).to_have_count(1)
     expect(entry.get_by_text("tokens/s")).to_have_count(1)
     expect(entry.get_by_text("“history chat, first message”")).to_have_count(1)
     expect(entry.get_by_role("button", name="Download MD")).to_have_count(1)
@@ -191,6 +195,8 @@ def test_a_conversation_is_one_entry_that_continues_after_a_reload(
     expect(chat_tab).to_have_attribute("aria-selected", "true", timeout=SLOW)
     panel = page.get_by_role("tabpanel")
     expect(panel.get_by_text("history chat, second message")).to_have_count(1)
+    panel.get_by_text("Settings").click()
+    expect(panel.get_by_label("System prompt")).to_have_value("You answer in rhyme.")  # the settings come back too
     send(page, "history chat, third message")
     # Three turns in the one entry: the model got the restored conversation, not a fresh one.
     entry = chat_entries(page)

@@ -218,7 +218,13 @@ def build_chat_tab(
         reply_length = gr.Slider(value=min(defaults.max_new_tokens, longest), maximum=longest)
         return defaults.system_prompt, defaults.temperature, defaults.top_p, reply_length
 
-    model.change(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
+    # A person's pick brings the model's defaults; History's Continue sets a model with its own settings,
+    # so then only the longest reply follows the model.
+    model.input(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
+    model.change(
+        lambda model_id: gr.Slider(maximum=pick(wrappers, model_id).longest_reply()), model, max_new_tokens,
+        api_visibility="private",
+    )  # fmt: skip
 
     respond_in_turn = on_device(serving, respond, "chat", waiting_note, default=default, refused=not_answered)
 
