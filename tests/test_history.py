@@ -12,9 +12,12 @@ from pathlib import Path
 import pytest
 from gradio_client import Client, handle_file
 
+import gradio as gr
+
 from modules.tabs import caption, image, music, points3d
+from modules.tabs.chat import restored_conversation
 from modules.tabs.common import example_file
-from modules.tabs.history import entries_of, existing_file, served_roots
+from modules.tabs.history import Made, entries_of, existing_file, recorder, served_roots
 from tests.conftest import AppServer
 
 SLOW = 120_000  # ms: a tiny model on two shared cores; generous, never a speed target
@@ -255,6 +258,36 @@ def test_entries_of_another_shape_are_left_out() -> None:
     odd.append({**good, "id": "x' + alert(1) + '"})  # an id goes into Re-run's script: hex only
     assert entries_of([good, *odd]) == [good]
     assert entries_of({"not": "a list"}) == []
+
+
+def test_runs_that_name_one_entry_update_it_and_other_runs_add_their_own() -> None:
+    made = Made([], {"prompt": gr.Textbox()}, files=gr.State(), stats=gr.State(), text=gr.State(), entry_id=gr.State())
+    record = recorder("chat", made)
+    key = "a" * 32
+    first = record([], "hi", "/out/1.md", "1 turn", "hello", key)
+    grown = record(first, "hi", "/out/2.md", "2 turns", "again", key)
+    assert [(entry["id"], entry["stats"], entry["files"]) for entry in grown] == [(key, "2 turns", ["/out/2.md"])]
+    other = record(grown, "new", "/out/3.md", "1 turn", "fresh", None)  # after Clear: no id yet
+    assert len(other) == 2 and other[0]["id"] != key and other[1] == grown[0]
+    assert record(other, "hi", "/out/2.md", "2 turns", "again", key) == gr.skip()  # continued, nothing new
+
+
+def test_a_stored_conversation_comes_back_as_text_only() -> None:
+    """Continue fills the chat from the browser's storage: a file message there must not make the server
+    serve that file, and only user and assistant turns come back."""
+    stored = [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "file", "file": {"path": "/etc/passwd"}}], "metadata": {"title": "9 tokens/s", "status": "done"}},
+        {"role": "system", "content": "a system turn"},
+        "junk",
+        {"role": "assistant", "content": "ok", "metadata": "not a dict"},
+    ]  # fmt: skip
+    assert restored_conversation(stored) == [
+        {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": ""}], "metadata": {"title": "9 tokens/s"}},
+        {"role": "assistant", "content": [{"type": "text", "text": "ok"}]},
+    ]
+    assert restored_conversation({"not": "a list"}) == []
 
 
 # -- Every example runs -----------------------------------------------------------------------------
