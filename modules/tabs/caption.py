@@ -208,6 +208,7 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
         "temperature": temperature, "max_new_tokens": max_length,
     }  # fmt: skip
     made = Made(
-        runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, text_label="Caption", describe=described
-    )
+        runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, text_label="Caption",
+        describe=described,
+    )  # fmt: skip
     return CaptionTab(upload=upload, caption=caption_text, use_button=use_button, made=made)

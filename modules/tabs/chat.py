@@ -10,7 +10,6 @@ import gradio as gr
 from gradio.context import LocalContext
 
 from modules.serving import Serving
-from modules.tabs.history import Made, is_entry_id
 from modules.tabs.common import (
     DEVICE_EVENT,
     api_model,
@@ -26,6 +25,7 @@ from modules.tabs.common import (
     throttle,
     user_errors,
 )
+from modules.tabs.history import Made, is_entry_id
 from modules.wrappers.base import InvalidInput, ModelUnavailable
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
 
