@@ -209,6 +209,27 @@ def model_notes(wrapper: Wrapper, *more: tuple[str, str]) -> str:
     return f'<details class="model-notes"><summary>{html.escape(line)}</summary>\n\n{details}\n\n</details>'
 
 
+def follow_model(
+    model: gr.Dropdown,
+    wrappers: Mapping[str, Wrapper],
+    notes: gr.Markdown,
+    defaults: Mapping[str, Any],
+    notes_of: Callable[[Any], str] = model_notes,
+) -> None:
+    """The notes follow the model however it is set, the settings take its defaults only when a person
+    picks it (History's Re-run sets a model together with its own settings).
+
+    `defaults` maps each field of the wrapper's defaults to the control that shows it.
+    """
+    model.change(lambda model_id: notes_of(pick(wrappers, model_id)), model, notes, api_visibility="private")
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        chosen = pick(wrappers, model_id).defaults
+        return tuple(getattr(chosen, field) for field in defaults)
+
+    model.input(adopt_defaults, model, list(defaults.values()), api_visibility="private")
+
+
 def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | None]:
     low = high = None
     for rule in schema.model_fields[name].metadata:
