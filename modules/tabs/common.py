@@ -460,7 +460,7 @@ def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
     """The run button and a smaller Stop beside it, enabled only while a run is live (see `show_running`)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False)  # a quarter, on a phone too
     return run, stop
 
 
