@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
+from modules.tabs.common import batch_part
 from tests.conftest import AppServer
 from tests import test_page
 from tests.test_page import DESKTOP, SLOW, open_page, open_tab
@@ -339,6 +341,31 @@ def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_promp
             shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
             # The same seed's image as when it ran alone (a batched pass may round a unit differently).
             assert np.abs(shared - single).max() <= 2
+
+
+def test_page_and_api_requests_with_equal_settings_have_one_batch_key() -> None:
+    assert batch_part(8) == batch_part(8.0) != batch_part(8.5)  # a slider's 8.0, an API caller's 8
+    assert batch_part(True) != batch_part(1) and batch_part("beam") != batch_part("nucleus")
+
+
+def test_music_waiting_together_generates_in_one_batch_each_with_its_own_seed(tiny_app: AppServer) -> None:
+    requests = [("calm piano", 31), ("fast drums\nslow strings", 32)]  # prompt lines, seed
+    settings = {"model": "tiny-musicgen", "duration": 1, "top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance": 3.0}
+    alone = [tiny_app.client().predict(p, seed=s, **settings, api_name="/generate_music")[-1] for p, s in requests]
+
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    visitors = [Client(tiny_app.url, headers={"X-Forwarded-For": f"10.0.3.{i}"}, verbose=False) for i in range(2)]
+    jobs = [v.submit(p, seed=s, **settings, api_name="/generate_music") for v, (p, s) in zip(visitors, requests)]
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["waiting"] == 2, what="the music to wait")
+    busy.result(timeout=300)
+
+    for job, (prompt, seed), solo in zip(jobs, requests, alone):
+        _, status, used, *_, files = job.result(timeout=300)
+        assert "one pass with 1 other request" in status and int(used) == seed
+        assert len(files) == len(solo) == len(prompt.splitlines())
+        for path, solo_path in zip(files, solo):  # every clip is the one its seed makes alone
+            assert np.array_equal(soundfile.read(path)[0], soundfile.read(solo_path)[0])
 
 
 def test_every_endpoint_that_waits_says_so_in_its_own_status_line(tiny_app: AppServer) -> None:

@@ -312,6 +312,14 @@ DEVICE_EVENT: dict[str, Any] = {"concurrency_limit": None}
 Work = Callable[[Mapping[str, Any]], float]
 
 
+def batch_part(value: Any) -> str:
+    """A setting as a batch key compares it: a number by its value (a page's slider sends 8.0 where an
+    API caller sends 8)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
+
+
 def on_device(
     serving: Serving,
     fn: Callable[..., Iterator[Any]],
@@ -357,7 +365,7 @@ def on_device(
         request = arguments["request"] if takes_request else arguments.pop("request", None)
         call = signature.bind(**arguments)
         try:
-            together = (kind, *(repr(call.arguments.get(name)) for name in batch)) if batch else None
+            together = (kind, *(batch_part(call.arguments.get(name)) for name in batch)) if batch else None
             ticket = serving.queue.join(serving.client(request), *describe(call.arguments), batch_key=together)
         except (QueueFull, OverQuota) as refusal:
             yield from refuse(refusal)

@@ -34,6 +34,7 @@ from modules.tabs.common import (
     run_buttons,
     setting_slider,
     settings_panel,
+    shared_pass,
     show_idle,
     show_running,
     running_label,
@@ -52,6 +53,8 @@ EXAMPLES = [
     ("calm acoustic folk guitar, bright and warm", 8),
     ("80s synthwave with a driving bassline", 10),
 ]
+#: Requests whose settings are all equal (their seeds and prompts may differ) can generate in one batch.
+BATCH_BY = ("model", "duration", "top_k", "top_p", "temperature", "guidance")
 #: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
 CAN_STREAM = shutil.which("ffmpeg") is not None
 
@@ -93,7 +96,7 @@ def status_line(progress: MusicProgress, model_name: str) -> str:
         return f"{GENERATING}{progress.seconds:.1f} s of {progress.total_seconds:g} s{eta} · {model_name}"
     return (
         f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
-        f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
+        f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}{shared_pass(progress.batch)}"
     )
 
 
@@ -245,7 +248,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
     show_running([run.click], run, stop)
     bring_into_view([run.click], "music-output")
     event = run.click(
-        on_device(serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default),
+        on_device(serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default, batch=BATCH_BY),
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
         [*outputs, run],
         api_visibility="private",
@@ -270,6 +273,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         kind="music",
         work=work,
         default=default,
+        batch=BATCH_BY,
         status=1,  # the status line; the last output is the WAV files
     )
     show_idle([event], run, stop)
