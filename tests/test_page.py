@@ -242,6 +242,9 @@ def test_stop_is_a_result(browser: object, tiny_app: AppServer, tab: str) -> Non
     page.wait_for_function("button => button.disabled", arg=stop.element_handle(), timeout=SLOW)
 
     set_number(panel, setting, longest)
+    if tab == "pointcloud":  # 256 tiny steps a stage can end within a second: a mesh makes the run long enough
+        panel.get_by_label("Make a mesh").check()
+        set_number(panel, "Mesh grid (samples per axis)", "256")
     panel.get_by_role("button", name="Generate", exact=True).click()
     output.get_by_text(live).first.wait_for(timeout=SLOW)
     assert stop.is_enabled(), "Stop is disabled while a run is live"
