@@ -173,13 +173,19 @@ def wait_for(condition: Any, timeout: float = 120.0, what: str = "condition") ->
 def test_a_light_visitor_and_chat_wait_at_most_one_run_behind_a_flood(room: AppServer) -> None:
     heavy, light, other = (login(room, user) for user in USERS)
     heavy.predict("warm-up", steps=2, api_name="/generate_image")  # the model loaded, its rate measured
+    # A long run holds the device while everyone joins (a short one could end between two joins and let
+    # the next request in, which would change who waits); it is stopped once all are in line.
+    busy = heavy.submit("busy", steps=150, width=128, height=128, api_name="/generate_image")
+    wait_for(lambda: heavy.predict(api_name="/system_queue")["running"] == 1, what="the busy run")
     flood = [heavy.submit(f"flood {i}", steps=20, api_name="/generate_image") for i in range(FLOOD)]
-    wait_for(lambda: heavy.predict(api_name="/system_queue")["waiting"] >= 2, what="the flood to queue")
+    wait_for(lambda: heavy.predict(api_name="/system_queue")["waiting"] == FLOOD, what="the flood to queue")
     done_before = sum(job.done() for job in flood)
     picture = light.submit("a lighthouse", steps=2, api_name="/generate_image")
     wait_for(lambda: light.predict(api_name="/system_queue")["clients_waiting"] == 2, what="the light request")
     reply = other.submit("Hello", max_new_tokens=4, api_name="/chat")  # chat waits in the same queue
     wait_for(lambda: other.predict(api_name="/system_queue")["clients_waiting"] == 3, what="the chat request")
+    assert not busy.done(), "the long run ended while the others joined: the order below tests nothing"
+    busy.cancel()
 
     picture.result(timeout=300)
     heavy_done_at_light = sum(job.done() for job in flood)
@@ -319,6 +325,25 @@ def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
     busy.cancel()
     output.get_by_text("Done in").wait_for(timeout=SLOW)
     assert output.get_by_text("Waiting for the device").count() == 0
+    page.close()
+
+
+def test_music_stopped_while_it_waits_leaves_the_queue_at_once(browser: object, tiny_app: AppServer) -> None:
+    """Music's Stop keeps the run's events alive (to send the clip so far), so a waiting run must leave the
+    queue on its own when Stop is clicked, not hold its place until its turn."""
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, "music")
+    busy = tiny_app.client().submit("a long picture", steps=150, width=128, height=128, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    page.get_by_label("Prompt").first.fill("a waiting tune")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    output = page.locator("#music-output")
+    output.get_by_text("Waiting for the device").wait_for(timeout=SLOW)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    output.get_by_text("Stopped before it started").wait_for(timeout=SLOW)
+    assert not busy.done(), "the busy run ended first: this tested nothing"
+    assert tiny_app.client().predict(api_name="/system_queue")["waiting"] == 0, "the stopped run kept its place"
+    busy.cancel()
     page.close()
 
 

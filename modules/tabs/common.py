@@ -330,6 +330,7 @@ def on_device(
     default: str | None = None,
     refused: Callable[[str], Any] | None = None,
     batch: Sequence[str] = (),
+    stopped: Callable[[gr.Request | None], bool] | None = None,
 ) -> Callable[..., Iterator[Any]]:
     """`fn` (a generator handler) run in its turn from the device's fair queue, for any event.
 
@@ -339,7 +340,8 @@ def on_device(
     gone. The queue learns the rate of `kind` per model (`default` when the request names none), in
     units of `work(arguments)` (default: 1 per request); the same estimate sizes a ZeroGPU request.
     Requests whose arguments named in `batch` are equal may run together in one turn (the wrapper then
-    batches them).
+    batches them). A request for which `stopped(request)` turns true while it waits (a Stop that keeps
+    the run's events alive, `StopFlags`) leaves the queue then, and its handler runs at once to say so.
 
     The handler's signature gains a `request: gr.Request` parameter, which Gradio fills in (and which
     is passed on to a handler that has one).
@@ -372,9 +374,13 @@ def on_device(
             return
         try:
             granted = serving.queue.wait(ticket, timeout=0)
-            while not granted:
+            while not granted and not (stopped is not None and stopped(request)):
                 yield show(serving.queue.place(ticket).describe())
                 granted = serving.queue.wait(ticket, WAIT_UPDATE_SECONDS)
+            if not granted:  # stopped while waiting: the handler ends at once, without the device
+                serving.queue.leave(ticket)
+                yield from fn(*call.args, **call.kwargs)
+                return
             yield from run_on_gpu(*call.args, **call.kwargs)
         except OverQuota as refusal:  # went over quota while it waited
             yield from refuse(refusal)
@@ -515,8 +521,8 @@ class StopFlags:
 
     The run then ends itself and sends its own result ("Stopped after 4.0 s of audio", the partial
     clip). Gradio's `cancels` could not: it closes the generator, after which nothing can be sent. A
-    Stop clicked while the run still waits in the queue leaves the flag set, and the run stops as it
-    starts (Stop is enabled only from Generate until the run ends).
+    Stop clicked while the run still waits in the queue sets the flag too: the run leaves the queue
+    (`on_device(stopped=...)`) and says it stopped before it started.
     """
 
     def __init__(self) -> None:
@@ -531,6 +537,12 @@ class StopFlags:
     def stop(self, request: gr.Request) -> None:
         with self._lock:
             self._flags.setdefault(request.session_hash or "", threading.Event()).set()
+
+    def stopped(self, request: gr.Request | None) -> bool:
+        """Whether Stop was clicked for this session's run (one waiting in the queue included)."""
+        with self._lock:
+            flag = self._flags.get(request.session_hash or "") if request is not None else None
+        return flag is not None and flag.is_set()
 
     def end(self, request: gr.Request, flag: threading.Event) -> None:
         with self._lock:

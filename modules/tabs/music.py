@@ -248,7 +248,10 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
     show_running([run.click], run, stop)
     bring_into_view([run.click], "music-output")
     event = run.click(
-        on_device(serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default, batch=BATCH_BY),
+        on_device(
+            serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default,
+            batch=BATCH_BY, stopped=stop_flags.stopped,
+        ),
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
         [*outputs, run],
         api_visibility="private",
