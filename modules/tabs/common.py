@@ -209,6 +209,27 @@ def model_notes(wrapper: Wrapper, *more: tuple[str, str]) -> str:
     return f'<details class="model-notes"><summary>{html.escape(line)}</summary>\n\n{details}\n\n</details>'
 
 
+def follow_model(
+    model: gr.Dropdown,
+    wrappers: Mapping[str, Wrapper],
+    notes: gr.Markdown,
+    defaults: Mapping[str, Any],
+    notes_of: Callable[[Any], str] = model_notes,
+) -> None:
+    """The notes follow the model however it is set, the settings take its defaults only when a person
+    picks it (History's Re-run sets a model together with its own settings).
+
+    `defaults` maps each field of the wrapper's defaults to the control that shows it.
+    """
+    model.change(lambda model_id: notes_of(pick(wrappers, model_id)), model, notes, api_visibility="private")
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        chosen = pick(wrappers, model_id).defaults
+        return tuple(getattr(chosen, field) for field in defaults)
+
+    model.input(adopt_defaults, model, list(defaults.values()), api_visibility="private")
+
+
 def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | None]:
     low = high = None
     for rule in schema.model_fields[name].metadata:
@@ -453,7 +474,7 @@ def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
     """The run button and a smaller Stop beside it, enabled only while a run is live (see `show_running`)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False)  # a quarter, on a phone too
     return run, stop
 
 

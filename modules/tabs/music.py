@@ -24,6 +24,7 @@ from modules.tabs.common import (
     bring_into_view,
     errors_in_place,
     examples,
+    follow_model,
     model_dropdown,
     model_notes,
     named_errors,
@@ -145,14 +146,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
                 for i in range(first.max_batch)
             ]
             files = gr.File(label="Download WAV", file_count="multiple", interactive=False, visible=False)
-    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
-
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        d = pick(wrappers, model_id).defaults
-        return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
-
-    # Defaults follow a person's pick of model, not History's Re-run, which sets a model with its own settings.
-    model.input(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+    shown_defaults = {"duration": duration, "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance": guidance}
+    follow_model(model, wrappers, notes, shown_defaults)
 
     @user_errors
     def music_run(
