@@ -16,7 +16,7 @@ from modules.catalog import Catalog, ModelEntry, Source, TaskCatalog
 from modules.memory.threads import in_fresh_thread
 
 #: Bump when a builder changes, so cached tiny models are rebuilt.
-TINY_VERSION = "2"
+TINY_VERSION = "3"
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
@@ -69,13 +69,12 @@ def build_tiny_chat(folder: Path) -> None:
 
 
 def build_tiny_stable_diffusion(folder: Path) -> None:
-    """diffusers' own dummy Stable Diffusion components, with a byte-level CLIP tokenizer built offline."""
-    import json
-
+    """diffusers' own dummy Stable Diffusion components, with the tiny Point-E's CLIP text tower and tokenizer."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
+
+    from modules.pointe.tiny import tiny_clip_text_config, tiny_clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -98,30 +97,7 @@ def build_tiny_stable_diffusion(folder: Path) -> None:
         latent_channels=4,
         norm_num_groups=2,
     )
-    # The 256 byte-level symbols, the same with the end-of-word mark, then start/end: ids 512 and 513.
-    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {symbol: i for i, symbol in enumerate(symbols)}
-    vocab |= {symbol + "</w>": 256 + i for i, symbol in enumerate(symbols)}
-    vocab |= {"<|startoftext|>": 512, "<|endoftext|>": 513}
-    scratch = folder / ".tokenizer-source"
-    scratch.mkdir()
-    (scratch / "vocab.json").write_text(json.dumps(vocab))
-    (scratch / "merges.txt").write_text("#version: 0.2\n")
-    tokenizer = CLIPTokenizer(str(scratch / "vocab.json"), str(scratch / "merges.txt"), model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=8,
-            intermediate_size=16,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            projection_dim=8,
-            vocab_size=514,
-            max_position_embeddings=77,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-        )
-    )
+    text_encoder = CLIPTextModel(tiny_clip_text_config(projection_dim=8))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1
     )
@@ -129,14 +105,13 @@ def build_tiny_stable_diffusion(folder: Path) -> None:
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=tiny_clip_tokenizer(),  # byte-level, built offline
         scheduler=scheduler,
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
     pipe.save_pretrained(folder)
-    shutil.rmtree(scratch)
 
 
 def build_tiny_blip(folder: Path) -> None:

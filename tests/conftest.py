@@ -82,12 +82,8 @@ class AppServer:
 @pytest.fixture(scope="session")
 def tiny_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     """The app serving every tiny random-weight model, shared by the whole session."""
-    server = AppServer(["--tiny"], tmp_path_factory.mktemp("tiny-app"))
-    try:
-        server.wait_until_serving()
+    with AppServer(["--tiny"], tmp_path_factory.mktemp("tiny-app")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import yaml
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
+from modules.tabs.common import example_file
 from modules.tiny import build_tiny_catalog
 from tests.conftest import AppServer
 
@@ -165,3 +167,16 @@ def test_mcp_lists_every_tab_as_a_tool_and_runs_image_and_caption(tiny_app: AppS
     text = json.dumps([getattr(block, "text", "") for block in image.content])
     assert ".png" in text and "seed 5" in text
     assert not caption.isError, caption.content
+
+
+def test_urls_to_private_addresses_are_never_fetched_by_the_server(tiny_app: AppServer, tiny_client: Client) -> None:
+    """A file input may be a URL, which the server downloads: a public link must not become a way to reach
+    the host's own loopback services or a cloud metadata address (SSRF), through the API or MCP."""
+    own_file = tiny_app.url + "gradio_api/file=" + example_file("red-ball.png")  # served here, yet refused
+    private = [own_file, "http://169.254.169.254/latest/meta-data/picture.png", "http://10.0.0.1/picture.png"]
+    for url in private:
+        with pytest.raises(AppError):
+            tiny_client.predict(handle_file(url), api_name="/caption")
+    _, results = asyncio.run(mcp_session_run(tiny_app.url, [("caption", {"image": url}) for url in private]))
+    assert all(result.isError for result in results), [result.content for result in results]
+    assert tiny_client.predict(handle_file(example_file("red-ball.png")), api_name="/caption")[1]  # still serving

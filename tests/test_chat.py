@@ -21,12 +21,8 @@ SYSTEM = "You are a helpful assistant."
 @pytest.fixture(scope="module")
 def embedded_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppServer]:
     """The shipped catalogue with the hub switched off: only the embedded model can load."""
-    server = AppServer([], tmp_path_factory.mktemp("embedded-app"), env={"HF_HUB_OFFLINE": "1"})
-    try:
-        server.wait_until_serving()
+    with AppServer([], tmp_path_factory.mktemp("embedded-app"), env={"HF_HUB_OFFLINE": "1"}) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -145,15 +141,11 @@ def test_tiny_app_chats_on_a_random_weight_model(tiny_client: Client) -> None:
 
 
 def test_auth_protects_the_app(tmp_path: Path) -> None:
-    server = AppServer(["--tiny", "--auth", "ada:lovelace"], tmp_path)
-    try:
-        server.wait_until_serving()
+    with AppServer(["--tiny", "--auth", "ada:lovelace"], tmp_path) as server:
         with pytest.raises(Exception):
             Client(server.url, verbose=False)
         authed = Client(server.url, auth=("ada", "lovelace"), verbose=False)
         assert authed.predict(api_name="/system_status")
-    finally:
-        server.stop()
 
 
 def test_a_turn_marked_not_answered_never_reaches_the_model() -> None:

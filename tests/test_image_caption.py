@@ -306,12 +306,8 @@ def one_model_app(tiny_client: Client, tmp_path_factory: pytest.TempPathFactory)
     caption_needs = sizes[captioner.key] + captioner.working_bytes(captioner.settings(num_beams=2, max_length=8))
     budget = image_needs + 2048
     assert caption_needs <= budget < image_needs + sizes[captioner.key], "the tiny sizes no longer make this test work"
-    server = AppServer(["--tiny", "--memory-budget", str(budget)], tmp_path_factory.mktemp("one-model"))
-    try:
-        server.wait_until_serving()
+    with AppServer(["--tiny", "--memory-budget", str(budget)], tmp_path_factory.mktemp("one-model")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_budget_for_one_model_evicts_the_other(one_model_app: AppServer, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from modules.memory import MemoryManager
 from modules.tiny import build_tiny_catalog
 from modules.wrappers import build_wrapper
 from modules.wrappers.base import HostSettings, InvalidInput
-from modules.wrappers.text_to_music import TransformersMusicgen
+from modules.wrappers.text_to_music import MusicRequest, ShareEnd, TransformersMusicgen
 from tests.conftest import model_row, stop_when
 
 MODEL = "tiny-musicgen"
@@ -69,6 +69,44 @@ def test_stream_joins_into_exactly_the_final_audio_and_matches_raw_generate(wrap
         torch.manual_seed(7)
         raw = model.model.generate(**inputs, max_new_tokens=150 + 3, do_sample=True, top_k=250, guidance_scale=3.0)
     np.testing.assert_allclose(final.audio, raw[:, 0].numpy(), atol=1e-5)
+
+
+def test_a_batch_gives_each_request_its_own_seeds_samples_and_its_own_stop(wrapper: TransformersMusicgen) -> None:
+    """Two requests in one `generate`: each draws what its seed draws alone; a Stop ends only its own share,
+    which is handed back at once with the audio made so far while the other goes on to the end."""
+    import threading
+
+    alone = [next(i for i in wrapper.generate(p, duration=2, seed=s) if i.done).audio for p, s in (("calm piano", 5), ("fast drums", 9))]
+    settings = wrapper.settings(duration=2)
+    stop_b = threading.Event()
+    events: list[tuple[str, object]] = []
+
+    def request(name: str, prompt: str, seed: int, interrupt: threading.Event | None) -> MusicRequest:
+        def report(frame: int, frames: int) -> None:
+            if name == "b" and frame >= 60:  # Stop pressed after 1.2 s of audio
+                stop_b.set()
+
+        return MusicRequest(
+            model, [prompt], settings.model_copy(update={"seed": seed}), lambda item: events.append((name, item)), report,
+            threading.Event(), interrupt,
+        )  # fmt: skip
+
+    with wrapper.manager.use(wrapper) as model:
+        wrapper._generate_together([request("a", "calm piano", 5, None), request("b", "fast drums", 9, stop_b)])
+
+    ends = [(name, item) for name, item in events if isinstance(item, ShareEnd)]
+    assert [name for name, _ in ends] == ["b", "a"], "the stopped request is handed back first"
+    (_, b_end), (_, a_end) = ends
+    assert a_end.batch == b_end.batch == 2
+    assert np.array_equal(a_end.decoder.audio(1), alone[0]), "a batched request draws as it does alone"
+    b_audio = b_end.decoder.audio(1)
+    assert RATE < b_audio.shape[1] < 2 * RATE and b_end.decoder.emitted < b_end.decoder.frames
+    # What b made before its Stop is what it makes alone, to within the decoding windows' rounding, but for
+    # the last few frames: alone, EnCodec decoded them seeing the frames that came next.
+    kept = b_audio.shape[1] - wrapper.holdback_frames * FRAME
+    np.testing.assert_allclose(b_audio[:, :kept], alone[1][:, :kept], atol=1e-5)
+    chunks = [item for name, item in events if name == "a" and isinstance(item, np.ndarray)]
+    assert np.array_equal(np.concatenate(chunks, axis=1), a_end.decoder.audio(1)), "a's stream is its own rows"
 
 
 def test_wrapper_checks_inputs(wrapper: TransformersMusicgen) -> None:

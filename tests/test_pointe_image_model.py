@@ -7,30 +7,27 @@ from fixed seeds, the same way as tests/test_pointe_model.py (see tests/data/REA
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from modules.pointe.config import (
-    POINTE_CHANNEL_BIASES,
-    POINTE_CHANNEL_SCALES,
-    DiffusionConfig,
-    PointDiffusionConfig,
-    SamplerConfig,
-    SDFConfig,
-)
+from modules.pointe.config import POINTE_CHANNEL_BIASES, POINTE_CHANNEL_SCALES, PointDiffusionConfig, SDFConfig
 from modules.pointe.model import build_model
-from modules.pointe.sampler import PointCloudSampler
 from modules.pointe.mesh import point_cloud_mesh, sdf_grid
 from modules.pointe.sdf import PointCloudSDFModel
-from tests.test_pointe_model import ATOL, randn, seeded_model, seeded_state_dict, to_model_space
+from tests.test_pointe_model import (
+    ATOL,
+    DATA,
+    assert_chain_matches,
+    assert_loads_strictly,
+    golden_data,
+    randn,
+    seeded_model,
+    seeded_state_dict,
+)
 
-DATA = Path(__file__).parent / "data"
-OFFICIAL_KEYS = json.loads((DATA / "pointe_image_official_keys.json").read_text())
-GOLDEN = json.loads((DATA / "pointe_image_golden.json").read_text())
-GOLDEN_OUT = np.load(DATA / "pointe_image_golden.npz")
+OFFICIAL_KEYS, GOLDEN, GOLDEN_OUT = golden_data("pointe_image")
 OFFICIAL_CONFIGS = {
     "base40M": PointDiffusionConfig.base40m(),
     "base300M": PointDiffusionConfig.base300m(),
@@ -52,10 +49,7 @@ def test_state_dict_matches_official_keys_and_shapes(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["base40M", "base40M-imagevec", "sdf"])
 def test_official_state_dict_loads_strictly(name: str) -> None:
-    model = build_official(name)
-    official = {k: torch.full(shape, 0.5) for k, shape in OFFICIAL_KEYS[name].items()}
-    model.load_state_dict(official, strict=True)
-    assert all(bool((v == 0.5).all()) for v in model.state_dict().values())
+    assert_loads_strictly(build_official(name), OFFICIAL_KEYS[name])
 
 
 def _grid_config(case: dict) -> PointDiffusionConfig:
@@ -118,27 +112,9 @@ def test_image_chain_matches_official(case: dict) -> None:
     grid_shape = dict(grid_size=case["grid_size"], grid_dim=case["grid_dim"])
     base = seeded_model(_grid_config({**case["base"], **grid_shape, "kind": "image_grid"}), case["base_seed"])
     upsampler = seeded_model(_grid_config({**case["upsample"], **grid_shape, "kind": "upsample"}), case["upsample_seed"])
-    (base_churn, up_churn), (base_sigma, up_sigma) = case["s_churn"], case["sigma_max"]
-    base_guidance, up_guidance = case["guidance_scale"]
-    sampler = PointCloudSampler(
-        base,
-        upsampler,  # type: ignore[arg-type]
-        DiffusionConfig.base(),
-        DiffusionConfig.upsample(),
-        SamplerConfig(steps=case["steps"], sigma_max=base_sigma, s_churn=base_churn, guidance_scale=base_guidance),
-        SamplerConfig(steps=case["steps"], sigma_max=up_sigma, s_churn=up_churn, guidance_scale=up_guidance),
-    )
-    noise = (
-        randn((1, 6, case["base"]["n_ctx"]), case["base_noise_seed"]),
-        randn((1, 6, case["upsample"]["n_ctx"]), case["upsample_noise_seed"]),
-    )
     grid = randn((1, case["grid_dim"], case["grid_size"] ** 2), case["grid_seed"])
-    seed = case["generator_seed"]
-    generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    out = sampler.sample({"grid": grid}, generator, noise, upsampler_cond={"grid": grid})
-    expected = torch.from_numpy(GOLDEN_OUT[case["name"]])
-    # As for the text chain: attention rounding (~1e-7) times up to 1/sqrt(alpha_bar) near sigma_max.
-    torch.testing.assert_close(to_model_space(out), to_model_space(expected), atol=ATOL, rtol=1e-3)
+    guidance = tuple(case["guidance_scale"])
+    assert_chain_matches(case, base, upsampler, guidance, {"grid": grid}, GOLDEN_OUT[case["name"]], upsampler_cond={"grid": grid})
 
 
 MESH = json.loads((DATA / "pointe_mesh_golden.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,9 +25,16 @@ from modules.pointe.model import PointDiffusionTransformer, build_model
 from modules.pointe.sampler import PointCloudSampler
 
 DATA = Path(__file__).parent / "data"
-OFFICIAL_KEYS = json.loads((DATA / "pointe_official_keys.json").read_text())
-GOLDEN = json.loads((DATA / "pointe_golden.json").read_text())
-GOLDEN_OUT = np.load(DATA / "pointe_golden.npz")
+
+
+def golden_data(name: str) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """tests/data's record of the official code for `name`: (its checkpoints' keys and shapes, the golden
+    cases, their outputs)."""
+    keys = json.loads((DATA / f"{name}_official_keys.json").read_text())
+    return keys, json.loads((DATA / f"{name}_golden.json").read_text()), np.load(DATA / f"{name}_golden.npz")
+
+
+OFFICIAL_KEYS, GOLDEN, GOLDEN_OUT = golden_data("pointe")
 OFFICIAL_CONFIGS = {
     "base40M-textvec": PointDiffusionConfig.base40m_textvec(),
     "upsample": PointDiffusionConfig.upsample(),
@@ -72,12 +80,16 @@ def test_state_dict_matches_official_keys_and_shapes(name: str) -> None:
     assert ours == OFFICIAL_KEYS[name]
 
 
-@pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
-def test_official_state_dict_loads_strictly(name: str) -> None:
-    model = build_model(OFFICIAL_CONFIGS[name])
-    official = {k: torch.full(shape, 0.5) for k, shape in OFFICIAL_KEYS[name].items()}
+def assert_loads_strictly(model: torch.nn.Module, official_keys: dict[str, list[int]]) -> None:
+    """A state dict with exactly the official keys and shapes loads strictly, and every value lands."""
+    official = {k: torch.full(shape, 0.5) for k, shape in official_keys.items()}
     model.load_state_dict(official, strict=True)
     assert all(bool((v == 0.5).all()) for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL_KEYS))
+def test_official_state_dict_loads_strictly(name: str) -> None:
+    assert_loads_strictly(build_model(OFFICIAL_CONFIGS[name]), OFFICIAL_KEYS[name])
 
 
 def _model_config(case: dict) -> PointDiffusionConfig:
@@ -121,32 +133,45 @@ def test_model_matches_official_outputs(case: dict) -> None:
     torch.testing.assert_close(out, torch.from_numpy(GOLDEN_OUT[case["name"]]), atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("case", GOLDEN["sampler_cases"], ids=lambda c: c["name"])
-def test_sampler_matches_official_chain(case: dict) -> None:
-    text, up = case["text"], case["upsample"]
-    base = seeded_model(_model_config({**text, "kind": "text", "time_token_cond": True}), case["base_seed"])
-    up_config = _model_config({**up, "kind": "upsample", "with_grid": False})
-    upsampler = seeded_model(up_config, case["upsample_seed"])
+def assert_chain_matches(
+    case: dict,
+    base: torch.nn.Module,
+    upsampler: torch.nn.Module,
+    guidance: tuple[float, float],
+    cond: dict[str, torch.Tensor],
+    expected: np.ndarray,
+    upsampler_cond: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Both stages sampled with the case's steps, churn, sigma_max, noise and generator match the official
+    chain's output (`guidance`: base, upsampler)."""
     (base_churn, up_churn), (base_sigma, up_sigma) = case["s_churn"], case["sigma_max"]
     sampler = PointCloudSampler(
         base,  # type: ignore[arg-type]
         upsampler,  # type: ignore[arg-type]
         DiffusionConfig.base(),
         DiffusionConfig.upsample(),
-        SamplerConfig(steps=case["steps"], sigma_max=base_sigma, s_churn=base_churn, guidance_scale=3.0),
-        SamplerConfig(steps=case["steps"], sigma_max=up_sigma, s_churn=up_churn, guidance_scale=0.0),
+        SamplerConfig(steps=case["steps"], sigma_max=base_sigma, s_churn=base_churn, guidance_scale=guidance[0]),
+        SamplerConfig(steps=case["steps"], sigma_max=up_sigma, s_churn=up_churn, guidance_scale=guidance[1]),
     )
     noise = (
-        randn((1, 6, text["n_ctx"]), case["base_noise_seed"]),
-        randn((1, 6, up["n_ctx"]), case["upsample_noise_seed"]),
+        randn((1, 6, base.config.n_ctx), case["base_noise_seed"]),  # type: ignore[union-attr]
+        randn((1, 6, upsampler.config.n_ctx), case["upsample_noise_seed"]),  # type: ignore[union-attr]
     )
-    text_embed = randn((1, text["feature_dim"]), case["text_seed"])
-    text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
     seed = case["generator_seed"]
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
-    out = sampler.sample({"text_embed": text_embed}, generator, noise)
-    expected = torch.from_numpy(GOLDEN_OUT[case["name"]])
+    out = sampler.sample(cond, generator, noise, upsampler_cond=upsampler_cond)
     # Driven by the official model, this sampler reproduces the golden chain bit for bit. Ours differs
     # from the official model by attention rounding (~1e-7), which steps near sigma_max multiply by up
     # to 1/sqrt(alpha_bar) (~160); hence a small relative term on top of ATOL.
-    torch.testing.assert_close(to_model_space(out), to_model_space(expected), atol=ATOL, rtol=1e-3)
+    torch.testing.assert_close(to_model_space(out), to_model_space(torch.from_numpy(expected)), atol=ATOL, rtol=1e-3)
+
+
+@pytest.mark.parametrize("case", GOLDEN["sampler_cases"], ids=lambda c: c["name"])
+def test_sampler_matches_official_chain(case: dict) -> None:
+    text, up = case["text"], case["upsample"]
+    base = seeded_model(_model_config({**text, "kind": "text", "time_token_cond": True}), case["base_seed"])
+    up_config = _model_config({**up, "kind": "upsample", "with_grid": False})
+    upsampler = seeded_model(up_config, case["upsample_seed"])
+    text_embed = randn((1, text["feature_dim"]), case["text_seed"])
+    text_embed = text_embed / text_embed.norm(dim=-1, keepdim=True)
+    assert_chain_matches(case, base, upsampler, (3.0, 0.0), {"text_embed": text_embed}, GOLDEN_OUT[case["name"]])

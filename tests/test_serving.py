@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import soundfile
 from PIL import Image
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from modules.serving import FairQueue, OverQuota, Quota, QueueFull
 from modules.serving.zerogpu import gpu_seconds, on_gpu
+from modules.tabs.common import batch_part
 from tests.conftest import AppServer
 from tests import test_page
 from tests.test_page import DESKTOP, SLOW, open_page, open_tab
@@ -171,13 +173,19 @@ def wait_for(condition: Any, timeout: float = 120.0, what: str = "condition") ->
 def test_a_light_visitor_and_chat_wait_at_most_one_run_behind_a_flood(room: AppServer) -> None:
     heavy, light, other = (login(room, user) for user in USERS)
     heavy.predict("warm-up", steps=2, api_name="/generate_image")  # the model loaded, its rate measured
+    # A long run holds the device while everyone joins (a short one could end between two joins and let
+    # the next request in, which would change who waits); it is stopped once all are in line.
+    busy = heavy.submit("busy", steps=150, width=128, height=128, api_name="/generate_image")
+    wait_for(lambda: heavy.predict(api_name="/system_queue")["running"] == 1, what="the busy run")
     flood = [heavy.submit(f"flood {i}", steps=20, api_name="/generate_image") for i in range(FLOOD)]
-    wait_for(lambda: heavy.predict(api_name="/system_queue")["waiting"] >= 2, what="the flood to queue")
+    wait_for(lambda: heavy.predict(api_name="/system_queue")["waiting"] == FLOOD, what="the flood to queue")
     done_before = sum(job.done() for job in flood)
     picture = light.submit("a lighthouse", steps=2, api_name="/generate_image")
     wait_for(lambda: light.predict(api_name="/system_queue")["clients_waiting"] == 2, what="the light request")
     reply = other.submit("Hello", max_new_tokens=4, api_name="/chat")  # chat waits in the same queue
     wait_for(lambda: other.predict(api_name="/system_queue")["clients_waiting"] == 3, what="the chat request")
+    assert not busy.done(), "the long run ended while the others joined: the order below tests nothing"
+    busy.cancel()
 
     picture.result(timeout=300)
     heavy_done_at_light = sum(job.done() for job in flood)
@@ -320,6 +328,25 @@ def test_the_page_tells_a_waiting_visitor_their_place_then_shows_the_result(
     page.close()
 
 
+def test_music_stopped_while_it_waits_leaves_the_queue_at_once(browser: object, tiny_app: AppServer) -> None:
+    """Music's Stop keeps the run's events alive (to send the clip so far), so a waiting run must leave the
+    queue on its own when Stop is clicked, not hold its place until its turn."""
+    page = open_page(browser, tiny_app.url, DESKTOP)
+    open_tab(page, "music")
+    busy = tiny_app.client().submit("a long picture", steps=150, width=128, height=128, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    page.get_by_label("Prompt").first.fill("a waiting tune")
+    page.get_by_role("button", name="Generate", exact=True).click()
+    output = page.locator("#music-output")
+    output.get_by_text("Waiting for the device").wait_for(timeout=SLOW)
+    page.get_by_role("button", name="Stop", exact=True).click()
+    output.get_by_text("Stopped before it started").wait_for(timeout=SLOW)
+    assert not busy.done(), "the busy run ended first: this tested nothing"
+    assert tiny_app.client().predict(api_name="/system_queue")["waiting"] == 0, "the stopped run kept its place"
+    busy.cancel()
+    page.close()
+
+
 def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_prompts(tiny_app: AppServer) -> None:
     requests = [("a red cat", 11, 1), ("a blue dog", 22, 2)]  # prompt, seed, images
     alone = [tiny_app.client().predict(p, seed=s, batch=n, api_name="/generate_image")[1] for p, s, n in requests]
@@ -339,6 +366,31 @@ def test_images_waiting_together_share_a_pass_and_keep_their_own_seeds_and_promp
             shared, single = (np.asarray(Image.open(p), dtype=np.int16) for p in (path, solo_path))
             # The same seed's image as when it ran alone (a batched pass may round a unit differently).
             assert np.abs(shared - single).max() <= 2
+
+
+def test_page_and_api_requests_with_equal_settings_have_one_batch_key() -> None:
+    assert batch_part(8) == batch_part(8.0) != batch_part(8.5)  # a slider's 8.0, an API caller's 8
+    assert batch_part(True) != batch_part(1) and batch_part("beam") != batch_part("nucleus")
+
+
+def test_music_waiting_together_generates_in_one_batch_each_with_its_own_seed(tiny_app: AppServer) -> None:
+    requests = [("calm piano", 31), ("fast drums\nslow strings", 32)]  # prompt lines, seed
+    settings = {"model": "tiny-musicgen", "duration": 1, "top_k": 250, "top_p": 0.0, "temperature": 1.0, "guidance": 3.0}
+    alone = [tiny_app.client().predict(p, seed=s, **settings, api_name="/generate_music")[-1] for p, s in requests]
+
+    busy = tiny_app.client().submit("a long picture", steps=40, api_name="/generate_image")
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["running"] == 1, what="the busy run")
+    visitors = [Client(tiny_app.url, headers={"X-Forwarded-For": f"10.0.3.{i}"}, verbose=False) for i in range(2)]
+    jobs = [v.submit(p, seed=s, **settings, api_name="/generate_music") for v, (p, s) in zip(visitors, requests)]
+    wait_for(lambda: tiny_app.client().predict(api_name="/system_queue")["waiting"] == 2, what="the music to wait")
+    busy.result(timeout=300)
+
+    for job, (prompt, seed), solo in zip(jobs, requests, alone):
+        _, status, used, *_, files = job.result(timeout=300)
+        assert "one pass with 1 other request" in status and int(used) == seed
+        assert len(files) == len(solo) == len(prompt.splitlines())
+        for path, solo_path in zip(files, solo):  # every clip is the one its seed makes alone
+            assert np.array_equal(soundfile.read(path)[0], soundfile.read(solo_path)[0])
 
 
 def test_every_endpoint_that_waits_says_so_in_its_own_status_line(tiny_app: AppServer) -> None:

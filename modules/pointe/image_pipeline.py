@@ -21,6 +21,7 @@ same pixels.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Unpack
 
 import numpy as np
 import torch
@@ -31,8 +32,7 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from .checkpoints import OnProgress
 from .config import DiffusionConfig, SamplerConfig
 from .model import ImageGridPointDiffusionTransformer, TextPointDiffusionTransformer, UpsamplePointDiffusionTransformer
-from .pipeline import OFFICIAL_CLIP, PointCloudPipeline
-from .sampler import OnStep, ShouldStop
+from .pipeline import OFFICIAL_CLIP, PointCloudPipeline, SamplingOptions
 from .sdf import PointCloudSDFModel
 from .weights import load_official
 
@@ -125,20 +125,6 @@ class PointEImagePipeline(PointCloudPipeline):
         base = {"grid": grid} if isinstance(self.base, ImageGridPointDiffusionTransformer) else {"text_embed": vector}
         return base, {"grid": grid}  # the upsampler also sees the grid
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        image: Image.Image,
-        seed: int | None = None,
-        guidance_scale: float | None = None,
-        num_steps: int | None = None,
-        on_step: OnStep | None = None,
-        should_stop: ShouldStop | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (points (N, 3) float32, colors (N, 3) uint8), N = base + upsampler points (4096).
-
-        guidance_scale: classifier-free guidance of the base stage (default 3.0); the upsampler keeps its
-        own (upsampler_sampler, 3.0 as the official example). Other arguments as PointEPipeline.__call__.
-        """
-        return self._run(image, seed, guidance_scale, num_steps, on_step, should_stop, generator)
+    def __call__(self, image: Image.Image, **options: Unpack[SamplingOptions]) -> tuple[np.ndarray, np.ndarray]:
+        """(points (N, 3) float32, colors (N, 3) uint8) of the object in a picture; options: SamplingOptions."""
+        return self.generate(image, **options)

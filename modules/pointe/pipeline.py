@@ -11,7 +11,7 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -32,6 +32,26 @@ PIPELINE_CONFIG_NAME = "pipeline.json"
 OFFICIAL_CLIP = "openai/clip-vit-large-patch14"
 
 Mesh = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # vertices, faces, normals, colours (uint8)
+
+
+class SamplingOptions(TypedDict, total=False):
+    """What a pipeline call takes besides its condition (all optional).
+
+    seed: seeds a CPU generator (ignored when `generator` is given; random when both are None).
+    guidance_scale: classifier-free guidance of the base stage (default 3.0); the upsampler keeps its
+        own (upsampler_sampler: 0.0 after a text base, 3.0 on an image as the official example).
+    num_steps: Heun steps of both stages (default: each stage's own, 64; a step is two model calls, the
+        last step one).
+    on_step(stage, i, total): after every step; stage is "base" or "upsample".
+    should_stop(): checked before every step; True raises sampler.GenerationStopped.
+    """
+
+    seed: int | None
+    guidance_scale: float | None
+    num_steps: int | None
+    on_step: OnStep | None
+    should_stop: ShouldStop | None
+    generator: torch.Generator | None
 
 
 class PointCloudPipeline:
@@ -150,36 +170,24 @@ class PointCloudPipeline:
         raise NotImplementedError
 
     @torch.no_grad()
-    def _run(
+    def generate(
         self,
         condition: Any,
-        seed: int | None,
-        guidance_scale: float | None,
-        num_steps: int | None,
-        on_step: OnStep | None,
-        should_stop: ShouldStop | None,
-        generator: torch.Generator | None,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+        num_steps: int | None = None,
+        on_step: OnStep | None = None,
+        should_stop: ShouldStop | None = None,
+        generator: torch.Generator | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """What every subclass's `__call__` does with its condition (see SamplingOptions for the rest):
+        (points (N, 3) float32, colors (N, 3) uint8), N = base + upsampler points (4096)."""
         guidance_scale = self.base_sampler.guidance_scale if guidance_scale is None else guidance_scale
         # 1. Check inputs
         self.check_inputs(condition, guidance_scale, num_steps)
         # 2. Encode the condition
         cond, upsampler_cond = self.encode_condition(condition)
-        # 3-4. Sample both stages, then xyz and 8-bit RGB
-        return self._sample(cond, upsampler_cond, seed, guidance_scale, num_steps, on_step, should_stop, generator)
-
-    def _sample(
-        self,
-        cond: dict[str, Tensor],
-        upsampler_cond: dict[str, Tensor],
-        seed: int | None,
-        guidance_scale: float,
-        num_steps: int | None,
-        on_step: OnStep | None,
-        should_stop: ShouldStop | None,
-        generator: torch.Generator | None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Both stages from one CPU generator -> (points (N, 3) float32, colors (N, 3) uint8)."""
+        # 3. Both stages' settings and one CPU generator for both
         if generator is None:
             generator = torch.Generator()
             if seed is None:
@@ -199,6 +207,7 @@ class PointCloudPipeline:
             base_sampler,
             upsampler_sampler,
         )
+        # 4. Sample both stages, then xyz and 8-bit RGB
         samples = sampler.sample(
             cond, generator, on_step=on_step, should_stop=should_stop, upsampler_cond=upsampler_cond
         )  # (1, 6, N)
@@ -297,24 +306,6 @@ class PointEPipeline(PointCloudPipeline):
     def encode_condition(self, prompt: str) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         return {"text_embed": self.encode_prompt(prompt)}, {}  # the upsampler sees only the points
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        prompt: str,
-        seed: int | None = None,
-        guidance_scale: float | None = None,
-        num_steps: int | None = None,
-        on_step: OnStep | None = None,
-        should_stop: ShouldStop | None = None,
-        generator: torch.Generator | None = None,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (points (N, 3) float32, colors (N, 3) uint8), N = base + upsampler points (4096).
-
-        seed: seeds a CPU generator (ignored when `generator` is given; random when both are None).
-        guidance_scale: classifier-free guidance of the base stage (default 3.0).
-        num_steps: Heun steps of both stages (default: each stage's own, 64; a step is two model calls,
-            the last step one).
-        on_step(stage, i, total): after every step; stage is "base" or "upsample".
-        should_stop(): checked before every step; True raises sampler.GenerationStopped.
-        """
-        return self._run(prompt, seed, guidance_scale, num_steps, on_step, should_stop, generator)
+    def __call__(self, prompt: str, **options: Unpack[SamplingOptions]) -> tuple[np.ndarray, np.ndarray]:
+        """(points (N, 3) float32, colors (N, 3) uint8) of the object a prompt names; options: SamplingOptions."""
+        return self.generate(prompt, **options)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, TypeVar
 
 from transformers import (
     CLIPImageProcessor,
@@ -37,20 +38,24 @@ def tiny_clip_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
 
 
-def tiny_clip_text_encoder() -> CLIPTextModelWithProjection:
-    config = CLIPTextConfig(
+def tiny_clip_text_config(projection_dim: int = TINY_TEXT_WIDTH) -> CLIPTextConfig:
+    """A 2-layer CLIP text tower of width 8 over tiny_clip_tokenizer's ids (also the tiny Stable Diffusion's)."""
+    return CLIPTextConfig(
         vocab_size=514,
         hidden_size=8,
         intermediate_size=16,
         num_hidden_layers=2,
         num_attention_heads=2,
         max_position_embeddings=77,
-        projection_dim=TINY_TEXT_WIDTH,
+        projection_dim=projection_dim,
         bos_token_id=512,
         eos_token_id=513,
         pad_token_id=513,
     )
-    return CLIPTextModelWithProjection(config)
+
+
+def tiny_clip_text_encoder() -> CLIPTextModelWithProjection:
+    return CLIPTextModelWithProjection(tiny_clip_text_config())
 
 
 def tiny_clip_image_encoder() -> CLIPVisionModelWithProjection:
@@ -75,34 +80,35 @@ def tiny_upsampler() -> UpsamplePointDiffusionTransformer:
     return UpsamplePointDiffusionTransformer(PointDiffusionConfig.tiny_upsample(TINY_VISION_WIDTH, TINY_GRID_TOKENS))
 
 
-def build_tiny_pipeline(folder: str | Path, num_steps: int = 2) -> PointEPipeline:
-    """Saves a random tiny text pipeline (64 + 192 points, width 32, and an SDF model) to folder and loads
-    it back through PointEPipeline.from_pretrained, the path real weights take. Generation takes well
-    under a second."""
-    pipeline = PointEPipeline(
-        build_model(PointDiffusionConfig.tiny_text(cond_width=TINY_TEXT_WIDTH)),  # type: ignore[arg-type]
-        tiny_upsampler(),
-        tiny_clip_text_encoder(),
-        tiny_clip_tokenizer(),
+P = TypeVar("P", PointEPipeline, PointEImagePipeline)
+
+
+def saved_and_loaded(
+    pipeline_class: type[P], folder: str | Path, components: tuple[Any, ...], num_steps: int, upsampler_guidance: float
+) -> P:
+    """A tiny pipeline of `pipeline_class` (components in its order, then an SDF model) saved to folder and
+    loaded back through from_pretrained, the path real weights take."""
+    pipeline = pipeline_class(
+        *components,
         base_sampler=SamplerConfig(steps=num_steps),
-        upsampler_sampler=SamplerConfig(steps=num_steps, sigma_max=160.0, s_churn=0.0, guidance_scale=0.0),
+        upsampler_sampler=SamplerConfig(steps=num_steps, sigma_max=160.0, s_churn=0.0, guidance_scale=upsampler_guidance),
         sdf=PointCloudSDFModel(SDFConfig.tiny()),
     )
     pipeline.save_pretrained(folder)
-    return PointEPipeline.from_pretrained(folder)
+    return pipeline_class.from_pretrained(folder)
+
+
+def build_tiny_pipeline(folder: str | Path, num_steps: int = 2) -> PointEPipeline:
+    """A random tiny text pipeline (64 + 192 points, width 32, and an SDF model), saved to folder and loaded
+    back. Generation takes well under a second."""
+    base = build_model(PointDiffusionConfig.tiny_text(cond_width=TINY_TEXT_WIDTH))
+    components = (base, tiny_upsampler(), tiny_clip_text_encoder(), tiny_clip_tokenizer())
+    return saved_and_loaded(PointEPipeline, folder, components, num_steps, upsampler_guidance=0.0)
 
 
 def build_tiny_image_pipeline(folder: str | Path, num_steps: int = 2) -> PointEImagePipeline:
     """As build_tiny_pipeline, from an image: a tiny CLIP image tower, an image-grid base, the upsampler
-    on the same grid and an SDF model; loaded back through PointEImagePipeline.from_pretrained."""
-    pipeline = PointEImagePipeline(
-        build_model(PointDiffusionConfig.tiny_image_grid(TINY_VISION_WIDTH, TINY_GRID_TOKENS)),  # type: ignore[arg-type]
-        tiny_upsampler(),
-        tiny_clip_image_encoder(),
-        tiny_clip_image_processor(),
-        base_sampler=SamplerConfig(steps=num_steps),
-        upsampler_sampler=SamplerConfig(steps=num_steps, sigma_max=160.0, s_churn=0.0, guidance_scale=3.0),
-        sdf=PointCloudSDFModel(SDFConfig.tiny()),
-    )
-    pipeline.save_pretrained(folder)
-    return PointEImagePipeline.from_pretrained(folder)
+    on the same grid and an SDF model."""
+    base = build_model(PointDiffusionConfig.tiny_image_grid(TINY_VISION_WIDTH, TINY_GRID_TOKENS))
+    components = (base, tiny_upsampler(), tiny_clip_image_encoder(), tiny_clip_image_processor())
+    return saved_and_loaded(PointEImagePipeline, folder, components, num_steps, upsampler_guidance=3.0)

@@ -21,6 +21,7 @@ from modules.tabs.common import (
     errors_in_place,
     example_file,
     examples,
+    follow_model,
     on_device,
     status_update,
     model_dropdown,
@@ -195,17 +196,16 @@ def build_caption_tab(wrappers: Mapping[str, CaptionWrapper], default: str, serv
     show_idle([event], run, stop, label="Caption")
     stop.click(lambda: idle_buttons("Caption"), None, [run, stop], cancels=[event], api_visibility="private")
 
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        d = pick(wrappers, model_id).defaults
-        return d.decoding, d.num_beams, d.top_p, d.temperature, d.max_length
-
-    # The notes follow the model however it is set, its defaults only a person's pick (History's Re-run
-    # sets a model together with its own settings).
-    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, model_info, api_visibility="private")
-    model.input(adopt_defaults, model, [decoding, beams, top_p, temperature, max_length], api_visibility="private")
+    shown_defaults = {
+        "decoding": decoding, "num_beams": beams, "top_p": top_p, "temperature": temperature, "max_length": max_length,
+    }  # fmt: skip
+    follow_model(model, wrappers, model_info, shown_defaults)
     settings = {
         "image": upload, "model": model, "prefix": prefix, "decoding": decoding, "num_beams": beams, "top_p": top_p,
         "temperature": temperature, "max_new_tokens": max_length,
     }  # fmt: skip
-    made = Made(runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, describe=described)
+    made = Made(
+        runs=[event], settings=settings, files=upload, stats=stats, text=caption_text, text_label="Caption",
+        describe=described,
+    )  # fmt: skip
     return CaptionTab(upload=upload, caption=caption_text, use_button=use_button, made=made)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -24,12 +25,24 @@ from modules.tabs.common import (
     throttle,
     user_errors,
 )
+from modules.tabs.history import Made, is_entry_id
 from modules.wrappers.base import InvalidInput, ModelUnavailable
 from modules.wrappers.chat import ChatProgress, ChatWrapper, Message
 
 NOT_ANSWERED = "Not answered"
 #: Reading speed is the limit: 20 updates a second look continuous and leave the CPU to the model.
 UPDATE_SECONDS = 0.05
+#: Runs in the browser on every change of the chatbot (each streamed token): it changes the marker only
+#: when a reply is through (the conversation ends in a note that is not pending: the stats line or a
+#: "Not answered" mark) or the chat is cleared, so History hears once per reply. ChatInterface's own
+#: `chatbot_value` is set too late for this and by a direct (unqueued) event, whose State changes
+#: Gradio 6 does not report to the page.
+REPLY_FINISHED_JS = """(conversation, marker) => {
+  const last = conversation && conversation.length ? conversation[conversation.length - 1] : null;
+  if (!last) return "";
+  const title = last.metadata && last.metadata.title;
+  return title && last.metadata.status !== "pending" ? conversation.length + " " + title : marker;
+}"""
 
 
 def _text_of(content: Any) -> str:
@@ -63,6 +76,36 @@ def plain_history(history: list[dict[str, Any]]) -> list[Message]:
     return turns
 
 
+def titles(history: list[dict[str, Any]]) -> list[str]:
+    return [(turn.get("metadata") or {}).get("title") or "" for turn in history]
+
+
+def last_stats(history: list[dict[str, Any]]) -> str:
+    """The stats note under the last answered reply ("" if none)."""
+    return next((title for title in reversed(titles(history)) if title and not title.startswith(NOT_ANSWERED)), "")
+
+
+def restored_conversation(stored: Any) -> list[dict[str, Any]]:
+    """A conversation from History as the chat takes it back: text turns and note titles only, since the
+    browser's storage may hold anything (a file message there would make the server serve that file)."""
+    turns = []
+    for turn in stored if isinstance(stored, list) else []:
+        if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant"):
+            continue
+        title = (turn.get("metadata") or {}).get("title") if isinstance(turn.get("metadata"), dict) else None
+        note = {"metadata": {"title": title}} if isinstance(title, str) and title else {}
+        content = [{"type": "text", "text": _text_of(turn.get("content"))}]  # as the chatbot hands it over
+        turns.append({"role": turn["role"], "content": content, **note})
+    return turns
+
+
+def first_message(settings: Mapping[str, Any]) -> tuple[str, Any]:
+    """What a conversation in History is called: its first message; and the model it was held with."""
+    conversation = settings.get("conversation")
+    users = [turn for turn in restored_conversation(conversation) if turn["role"] == "user"]
+    return (_text_of(users[0]["content"]) if users else ""), settings.get("model")
+
+
 def stats_line(progress: ChatProgress, model_name: str) -> str:
     first = f"{progress.first_token_seconds:.2f} s" if progress.first_token_seconds is not None else "–"
     return (
@@ -78,7 +121,7 @@ def waiting_note(line: str) -> gr.ChatMessage:
 
 def build_chat_tab(
     wrappers: Mapping[str, ChatWrapper], default: str, serving: Serving, fallback: str | None = None
-) -> None:
+) -> Made:
     first = wrappers[default]
     with gr.Row():
         model = model_dropdown(wrappers, default)
@@ -175,7 +218,13 @@ def build_chat_tab(
         reply_length = gr.Slider(value=min(defaults.max_new_tokens, longest), maximum=longest)
         return defaults.system_prompt, defaults.temperature, defaults.top_p, reply_length
 
-    model.change(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
+    # A person's pick brings the model's defaults; History's Continue sets a model with its own settings,
+    # so then only the longest reply follows the model.
+    model.input(adopt_defaults, model, [system_prompt, temperature, top_p, max_new_tokens], api_visibility="private")
+    model.change(
+        lambda model_id: gr.Slider(maximum=pick(wrappers, model_id).longest_reply()), model, max_new_tokens,
+        api_visibility="private",
+    )  # fmt: skip
 
     respond_in_turn = on_device(serving, respond, "chat", waiting_note, default=default, refused=not_answered)
 
@@ -184,7 +233,7 @@ def build_chat_tab(
         # is in Gradio's context (ChatInterface reads it there for its own examples).
         yield from respond_in_turn(message, history, *settings, LocalContext.request.get(None))
 
-    gr.ChatInterface(
+    page_chat = gr.ChatInterface(
         respond_from_page,
         additional_inputs=[model, system_prompt, temperature, top_p, max_new_tokens],
         examples=[["Write a haiku about the ocean."], ["Explain what a GPU does, in two sentences."]],
@@ -209,3 +258,48 @@ def build_chat_tab(
         api_name="chat",
         **DEVICE_EVENT,
     )
+
+    # History: one entry per conversation, updated after each finished reply and started anew after Clear.
+    conversation_id = gr.State(None)
+    transcript, summary, last_reply = gr.State(None), gr.State(""), gr.State("")
+    reply_finished = gr.Textbox(visible=False)
+    page_chat.chatbot.change(None, [page_chat.chatbot, reply_finished], reply_finished, js=REPLY_FINISHED_JS)
+    settings = {
+        # Continue fills both the chatbot and the copy ChatInterface sends to `respond` as the history.
+        "conversation": (page_chat.chatbot, page_chat.chatbot_state),
+        "model": model, "system_prompt": system_prompt, "temperature": temperature, "top_p": top_p,
+        "max_new_tokens": max_new_tokens,
+    }  # fmt: skip
+
+    @user_errors
+    def save_conversation(
+        conversation_key: Any, conversation: list[dict[str, Any]], model_id: str, *values: Any
+    ) -> tuple[Any, ...]:
+        """The conversation's id, its transcript, its stats (turns, speed) and its last reply, for History;
+        an empty chat (after Clear) has none, so the next message starts another entry."""
+        turns = plain_history(conversation or [])
+        if not turns:
+            return None, None, "", ""
+        # The id may come back from the browser (Continue), and it names the conversation in its file.
+        if not is_entry_id(conversation_key):
+            conversation_key = uuid.uuid4().hex
+        stats = last_stats(conversation)
+        chat_settings = dict(zip(("system_prompt", "temperature", "top_p", "max_new_tokens"), values))
+        path = pick(wrappers, model_id, default).write_transcript(turns, conversation_key, stats, **chat_settings)
+        asked = sum(turn["role"] == "user" for turn in turns)
+        replies = [turn["content"] for turn in turns if turn["role"] == "assistant"]
+        line = " · ".join(part for part in (f"{asked} turn{'s' if asked != 1 else ''}", stats) if part)
+        return conversation_key, str(path.resolve()), line, replies[-1] if replies else ""
+
+    finished = reply_finished.change(
+        save_conversation,
+        [conversation_id, page_chat.chatbot, model, system_prompt, temperature, top_p, max_new_tokens],
+        [conversation_id, transcript, summary, last_reply],
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    return Made(
+        runs=[finished], settings=settings, files=transcript, stats=summary, text=last_reply, text_label="Last reply",
+        describe=first_message, entry_id=conversation_id, rerun_label="Continue",
+        restore={"conversation": restored_conversation},
+    )  # fmt: skip

@@ -221,6 +221,27 @@ def model_notes(wrapper: Wrapper, *more: tuple[str, str]) -> str:
     return f'<details class="model-notes"><summary>{html.escape(line)}</summary>\n\n{details}\n\n</details>'
 
 
+def follow_model(
+    model: gr.Dropdown,
+    wrappers: Mapping[str, Wrapper],
+    notes: gr.Markdown,
+    defaults: Mapping[str, Any],
+    notes_of: Callable[[Any], str] = model_notes,
+) -> None:
+    """The notes follow the model however it is set, the settings take its defaults only when a person
+    picks it (History's Re-run sets a model together with its own settings).
+
+    `defaults` maps each field of the wrapper's defaults to the control that shows it.
+    """
+    model.change(lambda model_id: notes_of(pick(wrappers, model_id)), model, notes, api_visibility="private")
+
+    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
+        chosen = pick(wrappers, model_id).defaults
+        return tuple(getattr(chosen, field) for field in defaults)
+
+    model.input(adopt_defaults, model, list(defaults.values()), api_visibility="private")
+
+
 def _bounds(schema: type[Settings], name: str) -> tuple[float | None, float | None]:
     low = high = None
     for rule in schema.model_fields[name].metadata:
@@ -303,6 +324,14 @@ DEVICE_EVENT: dict[str, Any] = {"concurrency_limit": None}
 Work = Callable[[Mapping[str, Any]], float]
 
 
+def batch_part(value: Any) -> str:
+    """A setting as a batch key compares it: a number by its value (a page's slider sends 8.0 where an
+    API caller sends 8)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(float(value))
+    return repr(value)
+
+
 def on_device(
     serving: Serving,
     fn: Callable[..., Iterator[Any]],
@@ -313,6 +342,7 @@ def on_device(
     default: str | None = None,
     refused: Callable[[str], Any] | None = None,
     batch: Sequence[str] = (),
+    stopped: Callable[[gr.Request | None], bool] | None = None,
 ) -> Callable[..., Iterator[Any]]:
     """`fn` (a generator handler) run in its turn from the device's fair queue, for any event.
 
@@ -322,7 +352,8 @@ def on_device(
     gone. The queue learns the rate of `kind` per model (`default` when the request names none), in
     units of `work(arguments)` (default: 1 per request); the same estimate sizes a ZeroGPU request.
     Requests whose arguments named in `batch` are equal may run together in one turn (the wrapper then
-    batches them).
+    batches them). A request for which `stopped(request)` turns true while it waits (a Stop that keeps
+    the run's events alive, `StopFlags`) leaves the queue then, and its handler runs at once to say so.
 
     The handler's signature gains a `request: gr.Request` parameter, which Gradio fills in (and which
     is passed on to a handler that has one).
@@ -348,16 +379,20 @@ def on_device(
         request = arguments["request"] if takes_request else arguments.pop("request", None)
         call = signature.bind(**arguments)
         try:
-            together = (kind, *(repr(call.arguments.get(name)) for name in batch)) if batch else None
+            together = (kind, *(batch_part(call.arguments.get(name)) for name in batch)) if batch else None
             ticket = serving.queue.join(serving.client(request), *describe(call.arguments), batch_key=together)
         except (QueueFull, OverQuota) as refusal:
             yield from refuse(refusal)
             return
         try:
             granted = serving.queue.wait(ticket, timeout=0)
-            while not granted:
+            while not granted and not (stopped is not None and stopped(request)):
                 yield show(serving.queue.place(ticket).describe())
                 granted = serving.queue.wait(ticket, WAIT_UPDATE_SECONDS)
+            if not granted:  # stopped while waiting: the handler ends at once, without the device
+                serving.queue.leave(ticket)
+                yield from fn(*call.args, **call.kwargs)
+                return
             yield from run_on_gpu(*call.args, **call.kwargs)
         except OverQuota as refusal:  # went over quota while it waited
             yield from refuse(refusal)
@@ -451,7 +486,7 @@ def run_buttons(label: str = "Generate") -> tuple[gr.Button, gr.Button]:
     """The run button and a smaller Stop beside it, enabled only while a run is live (see `show_running`)."""
     with gr.Row():
         run = gr.Button(label, variant="primary", scale=3)
-        stop = gr.Button("Stop", variant="stop", scale=1, interactive=False)
+        stop = gr.Button("Stop", variant="stop", scale=1, min_width=80, interactive=False)  # a quarter, on a phone too
     return run, stop
 
 
@@ -498,8 +533,8 @@ class StopFlags:
 
     The run then ends itself and sends its own result ("Stopped after 4.0 s of audio", the partial
     clip). Gradio's `cancels` could not: it closes the generator, after which nothing can be sent. A
-    Stop clicked while the run still waits in the queue leaves the flag set, and the run stops as it
-    starts (Stop is enabled only from Generate until the run ends).
+    Stop clicked while the run still waits in the queue sets the flag too: the run leaves the queue
+    (`on_device(stopped=...)`) and says it stopped before it started.
     """
 
     def __init__(self) -> None:
@@ -514,6 +549,12 @@ class StopFlags:
     def stop(self, request: gr.Request) -> None:
         with self._lock:
             self._flags.setdefault(request.session_hash or "", threading.Event()).set()
+
+    def stopped(self, request: gr.Request | None) -> bool:
+        """Whether Stop was clicked for this session's run (one waiting in the queue included)."""
+        with self._lock:
+            flag = self._flags.get(request.session_hash or "") if request is not None else None
+        return flag is not None and flag.is_set()
 
     def end(self, request: gr.Request, flag: threading.Event) -> None:
         with self._lock:

@@ -19,6 +19,7 @@ from modules.tabs.common import (
     bring_into_view,
     errors_in_place,
     examples,
+    follow_model,
     model_dropdown,
     model_notes,
     named_errors,
@@ -259,14 +260,8 @@ def build_image_tab(wrappers: Mapping[str, DiffusersTextToImage], default: str, 
 
     gallery.select(remember, None, selected, api_visibility="private")
 
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        d = pick(wrappers, model_id).defaults
-        return d.num_steps, d.guidance, d.width, d.height, d.scheduler
-
-    # The notes follow the model however it is set, its defaults only a person's pick (History's Re-run
-    # sets a model together with its own settings).
-    model.change(lambda model_id: notes(pick(wrappers, model_id)), model, model_info, api_visibility="private")
-    model.input(adopt_defaults, model, [steps, guidance, width, height, scheduler], api_visibility="private")
+    shown_defaults = {"num_steps": steps, "guidance": guidance, "width": width, "height": height, "scheduler": scheduler}
+    follow_model(model, wrappers, model_info, shown_defaults, notes_of=notes)
     settings = {
         "prompt": prompt, "negative_prompt": negative, "model": model, "steps": steps, "guidance": guidance,
         "width": width, "height": height, "batch": batch, "scheduler": scheduler, "seed": seed, "randomise": randomise,

@@ -24,6 +24,7 @@ from modules.tabs.common import (
     bring_into_view,
     errors_in_place,
     examples,
+    follow_model,
     model_dropdown,
     model_notes,
     named_errors,
@@ -33,6 +34,7 @@ from modules.tabs.common import (
     run_buttons,
     setting_slider,
     settings_panel,
+    shared_pass,
     show_idle,
     show_running,
     running_label,
@@ -51,6 +53,8 @@ EXAMPLES = [
     ("calm acoustic folk guitar, bright and warm", 8),
     ("80s synthwave with a driving bassline", 10),
 ]
+#: Requests whose settings are all equal (their seeds and prompts may differ) can generate in one batch.
+BATCH_BY = ("model", "duration", "top_k", "top_p", "temperature", "guidance")
 #: Gradio encodes streamed audio with FFmpeg; without it the full audio still arrives at the end.
 CAN_STREAM = shutil.which("ffmpeg") is not None
 
@@ -92,7 +96,7 @@ def status_line(progress: MusicProgress, model_name: str) -> str:
         return f"{GENERATING}{progress.seconds:.1f} s of {progress.total_seconds:g} s{eta} · {model_name}"
     return (
         f"Done: {progress.seconds:.1f} s of audio in {progress.wall_seconds:.1f} s · real-time factor "
-        f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}"
+        f"{progress.real_time_factor:.2f} (above 1: faster than it plays) · {model_name}{shared_pass(progress.batch)}"
     )
 
 
@@ -142,14 +146,8 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
                 for i in range(first.max_batch)
             ]
             files = gr.File(label="Download WAV", file_count="multiple", interactive=False, visible=False)
-    model.change(lambda model_id: model_notes(pick(wrappers, model_id)), model, notes, api_visibility="private")
-
-    def adopt_defaults(model_id: str) -> tuple[Any, ...]:
-        d = pick(wrappers, model_id).defaults
-        return d.duration, d.top_k, d.top_p, d.temperature, d.guidance
-
-    # Defaults follow a person's pick of model, not History's Re-run, which sets a model with its own settings.
-    model.input(adopt_defaults, model, [duration, top_k, top_p, temperature, guidance], api_visibility="private")
+    shown_defaults = {"duration": duration, "top_k": top_k, "top_p": top_p, "temperature": temperature, "guidance": guidance}
+    follow_model(model, wrappers, notes, shown_defaults)
 
     @user_errors
     def music_run(
@@ -248,7 +246,10 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
     show_running([run.click], run, stop)
     bring_into_view([run.click], "music-output")
     event = run.click(
-        on_device(serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default),
+        on_device(
+            serving, generate_from_page, "music", status_update(len(outputs) + 1, 1), work=work, default=default,
+            batch=BATCH_BY, stopped=stop_flags.stopped,
+        ),
         [model, prompt, duration, seed, randomize, top_k, top_p, temperature, guidance],
         [*outputs, run],
         api_visibility="private",
@@ -273,6 +274,7 @@ def build_music_tab(wrappers: Mapping[str, TransformersMusicgen], default: str, 
         kind="music",
         work=work,
         default=default,
+        batch=BATCH_BY,
         status=1,  # the status line; the last output is the WAV files
     )
     show_idle([event], run, stop)

@@ -20,6 +20,7 @@ from modules.tabs.common import (
     api_model,
     api_number,
     api_text,
+    bring_into_view,
     errors_in_place,
     example_file,
     examples,
@@ -30,8 +31,10 @@ from modules.tabs.common import (
     on_stop,
     pick,
     request_seed,
+    run_buttons,
     running_label,
     setting_slider,
+    settings_panel,
     idle_buttons,
     show_idle,
     show_running,
@@ -154,37 +157,40 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         [FROM_TEXT, FROM_IMAGE], value=FROM_TEXT if first.condition == "text" else FROM_IMAGE,
         label="Make a point cloud", interactive=bool(text_wrappers) and bool(image_wrappers),
     )
-    with gr.Row():
-        with gr.Column():
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=320):
+            # Each path has its own Generate with a Stop beside it; a Stop ends its own path's run.
             with gr.Group(visible=first.condition == "text") as text_group:
                 model = model_dropdown(text_wrappers, text_default) if text_wrappers else gr.State(None)
-                prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red motorcycle")
-                run = gr.Button("Generate", variant="primary", interactive=bool(text_wrappers))
+                prompt = gr.Textbox(label="Prompt", lines=1, max_lines=4, placeholder="a red motorcycle")
+                run, stop = run_buttons()
+                run.interactive = bool(text_wrappers)
                 examples([[text] for text in EXAMPLE_PROMPTS], [prompt])
             with gr.Group(visible=first.condition == "image") as image_group:
                 image_model = (
                     model_dropdown(image_wrappers, image_default, label="Image model") if image_wrappers else gr.State(None)
                 )
                 # A file box, not gr.Image: our loader, not Gradio's, then names what is wrong with a bad upload.
-                image = gr.File(label="Image", file_types=["image"], type="filepath")
-                run_image = gr.Button(IMAGE_RUN, variant="primary", interactive=bool(image_wrappers))
+                image = gr.File(label="Image", file_types=["image"], type="filepath", height=120)
+                run_image, stop_image = run_buttons(IMAGE_RUN)
+                run_image.interactive = bool(image_wrappers)
                 examples([[example_file(name)] for name in EXAMPLE_IMAGES], [image])
             notes = gr.Markdown(model_notes(first))
-            preset = gr.Radio(
-                list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
-            )
-            steps = setting_slider(first, "num_steps", "Steps per stage", step=1)
-            steps.value = initial_steps(first)
-            guidance = setting_slider(first, "guidance", "Guidance (base stage)", step=0.5)
-            with gr.Row(equal_height=True):
-                seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
-                randomise = gr.Checkbox(value=True, label="Randomise seed")
-                seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
-            with gr.Row(equal_height=True):
-                make_mesh = gr.Checkbox(value=False, label="Make a mesh", info="SDF model + marching cubes; GLB, OBJ, STL")
-                mesh_grid = setting_slider(first, "mesh_grid", "Mesh grid (samples per axis)", step=8)
-            stop = gr.Button("Stop", variant="stop", interactive=False)
-        with gr.Column(elem_id="pointcloud-output"):
+            with settings_panel():
+                preset = gr.Radio(
+                    list(presets(first)), value=None, label="Preset", info="sets the steps below", interactive=True
+                )
+                steps = setting_slider(first, "num_steps", "Steps per stage", step=1)
+                steps.value = initial_steps(first)
+                guidance = setting_slider(first, "guidance", "Guidance (base stage)", step=0.5)
+                with gr.Row(equal_height=True):
+                    seed = named_errors(gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=2**32 - 1))
+                    randomise = gr.Checkbox(value=True, label="Randomise seed")
+                    seed_used = gr.Number(label="Seed used", precision=0, interactive=False)
+                with gr.Row(equal_height=True):
+                    make_mesh = gr.Checkbox(value=False, label="Make a mesh", info="SDF model + marching cubes; GLB, OBJ, STL")
+                    mesh_grid = setting_slider(first, "mesh_grid", "Mesh grid (samples per axis)", step=8)
+        with gr.Column(scale=6, min_width=320, elem_id="pointcloud-output"):
             viewer = gr.Model3D(label="Point cloud", display_mode="point_cloud", clear_color=(0.1, 0.1, 0.12, 1.0))
             mesh_viewer = gr.Model3D(label="Mesh (with Make a mesh)", display_mode="solid", clear_color=(0.1, 0.1, 0.12, 1.0))
             stats = gr.Markdown()
@@ -269,19 +275,18 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         wrapper = pick(image_wrappers, model, image_default)
         yield from run_wrapper(wrapper, image, settings_of(seed, steps, guidance, make_mesh, mesh_grid), progress)
 
-    def generate_from_page(
-        prompt: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
-        mesh_grid: float, progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[Any]:  # fmt: skip
-        run = generate_3d(prompt, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
-        yield from page_updates(errors_in_place(run, outputs=5))
+    def from_page(generate: Callable[..., Iterator[Any]]) -> Callable[..., Iterator[Any]]:
+        """The page's handler of one path (`generate_3d` or `generate_3d_from_image`): the page's controls in,
+        the page's updates out."""
 
-    def generate_from_image_page(
-        image: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool, make_mesh: bool,
-        mesh_grid: float, progress: gr.Progress = gr.Progress(),
-    ) -> Iterator[Any]:  # fmt: skip
-        run = generate_3d_from_image(image, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
-        yield from page_updates(errors_in_place(run, outputs=5))
+        def generate_on_page(
+            condition: str, model: str, guidance: float, steps: float, seed: float | None, randomise: bool,
+            make_mesh: bool, mesh_grid: float, progress: gr.Progress = gr.Progress(),
+        ) -> Iterator[Any]:  # fmt: skip
+            run = generate(condition, model, request_seed(seed, randomise), steps, guidance, make_mesh, mesh_grid, progress)
+            yield from page_updates(errors_in_place(run, outputs=5))
+
+        return generate_on_page
 
     def api_settings(wrapper: PointEWrapper) -> list[Any]:
         """The API's optional parameters after `model`, in the handlers' order."""
@@ -299,17 +304,17 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
 
     outputs = [viewer, mesh_viewer, downloads, seed_used, stats]
     show_running([run.click, prompt.submit], run, stop)
-    show_running([run_image.click], run_image, stop)
+    show_running([run_image.click], run_image, stop_image)
+    bring_into_view([run.click, prompt.submit, run_image.click], "pointcloud-output")
 
-    def stopped(status: str | None) -> tuple[Any, ...]:
-        """Stop's own updates: the status says where the run stopped, and the buttons are idle again (a
-        cancelled run's `.then` never fires)."""
-        (text_idle, stop_idle), (image_idle, _) = idle_buttons(), idle_buttons(IMAGE_RUN)
-        return stopped_line(status), text_idle, image_idle, stop_idle
+    def stopped(label: str) -> Callable[[str | None], tuple[Any, ...]]:
+        """Stop's own updates: the status says where the run stopped, and the path's buttons are idle again
+        (a cancelled run's `.then` never fires)."""
+        return lambda status: (stopped_line(status), *idle_buttons(label))
 
     show = status_update(len(outputs) + 1, 4)  # the page's outputs end with the run button
-    from_text_page = on_device(serving, generate_from_page, "3d", show, work=work, default=text_default)
-    from_image_page = on_device(serving, generate_from_image_page, "3d", show, work=work, default=image_default)
+    from_text_page = on_device(serving, from_page(generate_3d), "3d", show, work=work, default=text_default)
+    from_image_page = on_device(serving, from_page(generate_3d_from_image), "3d", show, work=work, default=image_default)
     event = gr.on(
         [run.click, prompt.submit],
         from_text_page,
@@ -334,18 +339,19 @@ def build_points3d_tab(wrappers: Mapping[str, PointEWrapper], default: str, serv
         )  # fmt: skip
 
     def run_from_image(after: Any) -> Any:
-        show_running([after.then], run_image, stop)
+        show_running([after.then], run_image, stop_image)
         chained = after.then(from_image_page, image_inputs, [*outputs, run_image], api_visibility="private", **DEVICE_EVENT)
         image_events.append(chained)
         runs.append(chained)
-        show_idle([chained], run_image, stop, label=IMAGE_RUN)
-        on_stop(stop, [chained], stopped, stats, [stats, run, run_image, stop])
+        show_idle([chained], run_image, stop_image, label=IMAGE_RUN)
+        on_stop(stop_image, [chained], stopped(IMAGE_RUN), stats, [stats, run_image, stop_image])
         return chained
 
     show_idle([event], run, stop)
-    show_idle(image_events, run_image, stop, label=IMAGE_RUN)
+    show_idle(image_events, run_image, stop_image, label=IMAGE_RUN)
     # Stop cancels this browser's own events; closing a generator sets its stop flag and ends the lease.
-    on_stop(stop, [event, *image_events], stopped, stats, [stats, run, run_image, stop])
+    on_stop(stop, [event], stopped("Generate"), stats, [stats, run, stop])
+    on_stop(stop_image, image_events, stopped(IMAGE_RUN), stats, [stats, run_image, stop_image])
 
     def current(source_value: str, text_model: str | None, picture_model: str | None) -> PointEWrapper:
         return pick(wrappers, text_model if source_value == FROM_TEXT else picture_model)

@@ -6,12 +6,14 @@ live here once, so every backend reports tokens/s and time-to-first-token the sa
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -126,6 +128,29 @@ class ChatWrapper(Wrapper):
         yield from self.manager.stream(
             self, lambda model: self._timed(model, messages, settings), working_bytes=self.working_bytes(settings, messages)
         )
+
+    def write_transcript(self, turns: list[Message], conversation: str, stats: str = "", **overrides: Any) -> Path:
+        """The conversation as a Markdown file under the host's output folder (`chat/`), its model, settings
+        and last stats line at the top. The file is named by its content, so the same conversation written
+        again is the same file."""
+        settings = self.settings(**overrides)
+        lines = [
+            f"# Chat with {self.entry.name}",
+            "",
+            f"- Model: {self.entry.name} (`{self.entry.id}`)",
+            f"- Conversation: {conversation}",
+            f"- System prompt: {settings.system_prompt}",
+            f"- Temperature {settings.temperature} · top-p {settings.top_p} · max new tokens {settings.max_new_tokens}",
+            *([f"- Last reply: {stats}"] if stats else []),
+        ]
+        for turn in turns:
+            lines += ["", f"## {turn['role'].capitalize()}", "", turn["content"]]
+        text = "\n".join(lines) + "\n"
+        folder = self.host.output_dir / "chat"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.entry.id}-{hashlib.sha256(text.encode()).hexdigest()[:16]}.md"
+        path.write_text(text, encoding="utf-8")
+        return path
 
     def _timed(self, model: Any, messages: list[Message], settings: ChatSettings) -> Iterator[ChatProgress]:
         """Relay the backend's text; a stop string cuts the reply, and text that may begin one is held back.

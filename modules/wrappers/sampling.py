@@ -14,9 +14,13 @@ releases the lock. The lock is held from the logits processing to the draw, neve
 pass, so requests still run side by side. Seeding the request's state as `torch.manual_seed(seed)` seeds
 the global one keeps the samples a seed gave before.
 
-Every wrapper that samples through `generate` does this, so nothing draws from the global stream
-unguarded: `with own_random_stream(seed) as (swap_in, swap_out)`, then pass `swap_in` first among the
-logits processors and `swap_out` first among the stopping criteria.
+Every wrapper that samples through `generate` one request at a time does this, so nothing draws from the
+global stream unguarded: `with own_random_stream(seed) as (swap_in, swap_out)`, then pass `swap_in` first
+among the logits processors and `swap_out` first among the stopping criteria.
+
+Several requests in one batch (music) need a stream each, which one global generator cannot give. There
+`generate` runs greedy, the warpers come from `sampling_warpers` in the caller's own processor list, and
+`draw_per_request`, last in that list, draws each request's rows from its own generator.
 """
 
 from __future__ import annotations
@@ -100,3 +104,46 @@ def own_random_stream(seed: int) -> Iterator[tuple[Any, Any]]:
         yield LendBeforeTheDraw(), TakeBackAfterTheDraw()
     finally:
         stream.take_back()
+
+
+def draw_per_request(parts: list[tuple[slice, int]]) -> Any:
+    """A logits processor that draws each request's rows of a batch from that request's own generator.
+
+    For a `generate(do_sample=False)` that runs the sampling warpers itself, in its own processor list,
+    before this one: it leaves only the drawn token of each row, which the greedy pick then takes. Unlike
+    lending (above), requests sharing one batch each keep their own stream, and a request's rows draw the
+    same tokens in a batch as alone. `parts` is (rows, seed) per request; generators are seeded as
+    `torch.manual_seed(seed)` seeds the global one, so a seed keeps the samples it gave before.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class DrawPerRequest(LogitsProcessor):
+        def __init__(self) -> None:
+            self.generators: list[Any] = []
+
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            if not self.generators:  # the device is known at the first draw
+                self.generators = [torch.Generator(device=scores.device).manual_seed(seed) for _, seed in parts]
+            probs = torch.softmax(scores, dim=-1)
+            drawn = torch.empty(scores.shape[0], dtype=torch.long, device=scores.device)
+            for (rows, _), generator in zip(parts, self.generators):
+                drawn[rows] = torch.multinomial(probs[rows], num_samples=1, generator=generator).squeeze(1)
+            only_drawn = torch.full_like(scores, -float("inf"))
+            return only_drawn.scatter_(1, drawn[:, None], 0.0)
+
+    return DrawPerRequest()
+
+
+def sampling_warpers(temperature: float, top_k: int, top_p: float) -> list[Any]:
+    """What `generate(do_sample=True)` would apply before its draw, in its order; 0 turns top-k and top-p off."""
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    warpers: list[Any] = []
+    if temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(temperature))
+    if top_k > 0:
+        warpers.append(TopKLogitsWarper(top_k))
+    if 0 < top_p < 1:
+        warpers.append(TopPLogitsWarper(top_p))
+    return warpers

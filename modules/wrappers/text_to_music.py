@@ -13,8 +13,11 @@ for the next window (its convolutions look ahead). The final audio *is* the chun
 heard is what is saved; it equals one whole-sequence `audio_encoder.decode` to within float rounding
 (~1e-7 on the tiny model; the window sizes are what bound the difference on real weights).
 
-Several prompts, one per line, generate as one batch. The same seed gives the same samples, whatever
-else the server samples meanwhile: the request samples from its own random stream (sampling.py).
+Several prompts, one per line, generate as one batch, and so do several requests with the same duration
+and sampling settings that reach the model together (`Gather`). The same seed gives the same samples,
+alone or in a batch, whatever else the server samples meanwhile: each request draws from its own
+generator (sampling.py). A request in a batch streams its own chunks and ends on its own Stop, with its
+audio so far, while the others go on.
 
 Each WAV carries its prompt, model, seed and settings in RIFF INFO (see modules/wrappers/metadata.py).
 """
@@ -33,19 +36,24 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import Field
 
+from modules.catalog import ModelEntry
+from modules.memory import MemoryManager
 from modules.wrappers.base import (
     MAX_SEED,
+    HostSettings,
     InvalidInput,
     ModelUnavailable,
     OnStep,
     Settings,
+    Step,
     Wrapper,
     check_prompt,
     resolve_seed,
     stream_from_thread,
 )
+from modules.wrappers.batching import Gather
 from modules.wrappers.metadata import generation_parameters, riff_info
-from modules.wrappers.sampling import own_random_stream
+from modules.wrappers.sampling import draw_per_request, sampling_warpers
 
 
 class MusicSettings(Settings):
@@ -71,6 +79,7 @@ class MusicProgress:
     stopped: bool = False  # on the final item: `interrupt` ended the run early (the audio is what was made)
     audio: np.ndarray | None = None  # (prompts, samples): every chunk joined, on the final item only
     paths: tuple[Path, ...] = ()  # the WAV files written, on the final item only
+    batch: int = 1  # requests generated in the same batch, on the final item only
 
     @property
     def real_time_factor(self) -> float:
@@ -82,6 +91,73 @@ class MusicProgress:
 class LoadedMusicgen:
     model: Any
     processor: Any
+
+
+@dataclass(frozen=True)
+class MusicRequest:
+    """One caller's share of a batch: its prompts, settings and seed, and the way back to its thread."""
+
+    model: LoadedMusicgen
+    prompts: list[str]
+    settings: MusicSettings
+    emit: Callable[[Any], None]  # its chunks, then its `ShareEnd`
+    report: OnStep
+    stop: threading.Event  # its generator was closed: nothing more is wanted
+    interrupt: threading.Event | None  # its Stop: end now, keeping what was made
+
+
+@dataclass(frozen=True)
+class ShareEnd:
+    """A request's part of a batch is complete (or stopped): its decoder holds all of its audio."""
+
+    decoder: ChunkDecoder
+    batch: int
+
+
+@dataclass
+class _Share:
+    """A request's token rows in the batch, and the decoder that turns them into its audio."""
+
+    request: MusicRequest
+    rows: slice
+    decoder: ChunkDecoder
+    batch: int
+    ended: bool = False
+
+    def advance(self, input_ids: Any) -> None:
+        """After a step: decode this request's new frames, report them, and end it when complete or stopped."""
+        request = self.request
+        if self.ended or request.stop.is_set():
+            self.ended = True
+            return
+        interrupted = request.interrupt is not None and request.interrupt.is_set()
+        rows = input_ids[self.rows]
+        chunk = self.decoder.step(rows, flush=interrupted)
+        if chunk is not None:
+            request.emit(chunk)
+        request.report(self.decoder.complete_frames(rows), self.decoder.frames)
+        if interrupted or self.decoder.emitted == self.decoder.frames:
+            self.end()
+
+    def end(self) -> None:
+        if not self.ended:
+            self.ended = True
+            self.request.emit(ShareEnd(self.decoder, self.batch))
+
+
+def guidance_first(processors: list[Any]) -> Any:
+    """Logits processors for MusicGen's `generate`, which appends its classifier-free guidance to the
+    caller's: the guidance goes first instead, so that the warpers and the draw see guided scores."""
+    from transformers import ClassifierFreeGuidanceLogitsProcessor, LogitsProcessorList
+
+    class GuidanceFirst(LogitsProcessorList):
+        def append(self, processor: Any) -> None:
+            if isinstance(processor, ClassifierFreeGuidanceLogitsProcessor):
+                self.insert(0, processor)
+            else:
+                super().append(processor)
+
+    return GuidanceFirst(processors)
 
 
 class _Halt(Exception):
@@ -154,6 +230,11 @@ class TransformersMusicgen(Wrapper):
     #: Python packages a model needs beyond transformers (melody's feature extractor needs torchaudio).
     requires: ClassVar[tuple[str, ...]] = ()
 
+    def __init__(self, entry: ModelEntry, manager: MemoryManager, host: HostSettings | None = None) -> None:
+        super().__init__(entry, manager, host)
+        # Requests with the same duration and sampling settings that reach the model together share a batch.
+        self._together: Gather[MusicRequest, None] = Gather(self._generate_together)
+
     # -- availability ------------------------------------------------------------------------------
 
     def missing_packages(self) -> list[str]:
@@ -222,6 +303,8 @@ class TransformersMusicgen(Wrapper):
 
         Setting `interrupt` (a page's Stop) ends the run at the next frame instead and keeps the audio
         made so far: the final item then has `stopped=True` and, with any audio, its WAV files.
+        Requests with the same duration and sampling settings that run at the same time generate in one
+        batch, each with its own seed.
         """
         # 1. Check inputs
         settings = self.settings(**overrides)
@@ -229,15 +312,13 @@ class TransformersMusicgen(Wrapper):
         settings = settings.model_copy(update={"seed": resolve_seed(settings.seed)})
         # 2. Generate inside a lease, streaming chunks; the manager retries once after an early OOM
         working = self.working_bytes(len(prompts), settings)
-        final: MusicProgress | None = None
-        for progress in self.manager.stream(self, lambda model: self._timed(model, prompts, settings, on_step, interrupt), working):
-            if progress.done:
-                final = progress
-            else:
-                yield progress
-        # 3. Postprocess: write the WAV files
-        if final is not None:
-            yield self.postprocess(final, prompts, settings)
+        shared = settings.model_dump_json(exclude={"seed"})
+        with self._together.in_flight(shared) as submit:
+            for progress in self.manager.stream(
+                self, lambda model: self._timed(model, prompts, settings, on_step, interrupt, submit), working
+            ):
+                # 3. Postprocess: write the WAV files (at once: in a batch, the others may go on a while)
+                yield self.postprocess(progress, prompts, settings) if progress.done else progress
 
     def _timed(
         self,
@@ -246,97 +327,92 @@ class TransformersMusicgen(Wrapper):
         settings: MusicSettings,
         on_step: OnStep | None,
         interrupt: threading.Event | None,
+        submit: Callable[[MusicRequest], tuple[None, int]],
     ) -> Iterator[MusicProgress]:
         started = time.perf_counter()
         rate = int(model.model.config.audio_encoder.sampling_rate)
-        decoder: ChunkDecoder | None = None
 
-        def work(emit: Callable[[np.ndarray], None], stop: threading.Event) -> ChunkDecoder:
-            return self._stream_audio(model, prompts, settings, emit, stop, on_step, interrupt)
+        def work(emit: Callable[[Any], None], stop: threading.Event) -> None:
+            report = lambda frame, frames: emit(Step(frame, frames))  # noqa: E731 - shown in the caller's thread
+            submit(MusicRequest(model, prompts, settings, emit, report, stop, interrupt))
 
-        pieces = stream_from_thread(work)
         seconds = 0.0
-        try:
-            while True:
-                chunk = next(pieces)
-                seconds += chunk.shape[1] / rate
-                yield MusicProgress(chunk, rate, seconds, settings.duration, time.perf_counter() - started, settings.seed)
-        except StopIteration as end:
-            decoder = end.value
-        audio = decoder.audio(len(prompts))
-        wall = time.perf_counter() - started
-        stopped = decoder.emitted < decoder.frames
-        yield MusicProgress(
-            audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, settings.seed, True, stopped, audio
-        )
+        for piece in stream_from_thread(work):
+            if isinstance(piece, Step):
+                if on_step is not None:
+                    on_step(piece.step, piece.total)
+            elif isinstance(piece, ShareEnd):
+                audio = piece.decoder.audio(len(prompts))
+                stopped = piece.decoder.emitted < piece.decoder.frames
+                wall = time.perf_counter() - started
+                yield MusicProgress(
+                    audio[:, :0], rate, audio.shape[1] / rate, settings.duration, wall, settings.seed, True, stopped,
+                    audio, batch=piece.batch,
+                )  # fmt: skip
+            else:
+                seconds += piece.shape[1] / rate
+                yield MusicProgress(piece, rate, seconds, settings.duration, time.perf_counter() - started, settings.seed)
 
     def generation_inputs(self, model: LoadedMusicgen, prompts: list[str]) -> dict[str, Any]:
         return dict(model.processor(text=prompts, padding=True, return_tensors="pt").to(model.model.device))
 
-    def _stream_audio(
-        self,
-        model: LoadedMusicgen,
-        prompts: list[str],
-        settings: MusicSettings,
-        emit: Callable[[np.ndarray], None],
-        stop: threading.Event,
-        on_step: OnStep | None,
-        interrupt: threading.Event | None,
-    ) -> ChunkDecoder:
-        """Generate in the worker thread: `emit` chunks, end soon after `stop` is set, and after `interrupt`
-        at the next frame, with the frames made so far decoded."""
+    def _generate_together(self, requests: list[MusicRequest]) -> list[None]:
+        """One `generate` for requests that share duration and sampling settings (run in the first one's
+        worker thread). Each request gets its own seed's draws, its own chunks and progress, and its end
+        (`ShareEnd`) as soon as it is complete or stopped; the run ends when every request has ended."""
         import torch
-        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        net = model.model
+        first = requests[0]
+        net, settings = first.model.model, first.settings
         audio_config = net.config.audio_encoder
         frame_rate = audio_config.frame_rate  # 50 for every facebook/musicgen-* EnCodec
         frames = round(frame_rate * settings.duration)
         num_codebooks = net.decoder.num_codebooks
-        decoder = ChunkDecoder(
-            audio_encoder=net.audio_encoder,
-            num_codebooks=num_codebooks,
-            frames=frames,
-            hop=int(audio_config.sampling_rate) // frame_rate,
-            chunk_frames=max(1, round(self.chunk_seconds * frame_rate)),
-            context_frames=round(self.context_seconds * frame_rate),
-            holdback_frames=self.holdback_frames,
-        )
+        shares, row = [], 0
+        for request in requests:
+            rows = slice(row, row + len(request.prompts) * num_codebooks)  # token rows are (prompt, codebook)
+            row = rows.stop
+            decoder = ChunkDecoder(
+                audio_encoder=net.audio_encoder,
+                num_codebooks=num_codebooks,
+                frames=frames,
+                hop=int(audio_config.sampling_rate) // frame_rate,
+                chunk_frames=max(1, round(self.chunk_seconds * frame_rate)),
+                context_frames=round(self.context_seconds * frame_rate),
+                holdback_frames=self.holdback_frames,
+            )
+            shares.append(_Share(request, rows, decoder, len(requests)))
 
         class DecodeEveryStep(StoppingCriteria):
-            """Never stops on its own: decodes new chunks, reports progress, and obeys `stop` and `interrupt`."""
+            """Never stops on its own: advances every share, and leaves `generate` once all have ended."""
 
             def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
-                if stop.is_set():
-                    raise _Halt
-                interrupted = interrupt is not None and interrupt.is_set()
-                chunk = decoder.step(input_ids, flush=interrupted)
-                if chunk is not None:
-                    emit(chunk)
-                if on_step is not None:
-                    on_step(decoder.complete_frames(input_ids), frames)
-                if interrupted or decoder.emitted == frames:
-                    raise _Halt  # all decoded: skip generate's own whole-sequence decode
+                for share in shares:
+                    share.advance(input_ids)
+                if all(share.ended for share in shares):
+                    raise _Halt  # all decoded or stopped: skip generate's own whole-sequence decode
                 return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
-        inputs = self.generation_inputs(model, prompts)
-        sampling = {"do_sample": True, "temperature": settings.temperature, "top_k": settings.top_k or None}
-        if settings.top_p > 0:
-            sampling["top_p"] = settings.top_p
+        inputs = self.generation_inputs(first.model, [prompt for request in requests for prompt in request.prompts])
+        warpers = sampling_warpers(settings.temperature, settings.top_k, settings.top_p)
+        draw = draw_per_request([(share.rows, share.request.settings.seed) for share in shares])
         try:
-            with torch.inference_mode(), own_random_stream(settings.seed) as (lend, take_back):
+            with torch.inference_mode():
                 net.generate(
                     **inputs,
                     # D seconds need D*frame_rate frames plus K-1 more steps for the delay pattern.
                     max_new_tokens=frames + num_codebooks - 1,
                     guidance_scale=settings.guidance if settings.guidance > 1 else None,
-                    logits_processor=LogitsProcessorList([lend]),
-                    stopping_criteria=StoppingCriteriaList([take_back, DecodeEveryStep()]),
-                    **sampling,
+                    do_sample=False,  # the draw is ours, last among the processors
+                    logits_processor=guidance_first([*warpers, draw]),
+                    stopping_criteria=StoppingCriteriaList([DecodeEveryStep()]),
                 )
         except _Halt:
             pass
-        return decoder
+        for share in shares:  # (generate ran out of new tokens first; not expected)
+            share.end()
+        return [None] * len(requests)
 
     def postprocess(self, final: MusicProgress, prompts: list[str], settings: MusicSettings) -> MusicProgress:
         """Write one 16-bit WAV per prompt under the host's output folder, its parameters in RIFF INFO
