@@ -175,7 +175,8 @@ def test_a_light_visitor_and_chat_wait_at_most_one_run_behind_a_flood(room: AppS
     heavy.predict("warm-up", steps=2, api_name="/generate_image")  # the model loaded, its rate measured
     # A long run holds the device while everyone joins (a short one could end between two joins and let
     # the next request in, which would change who waits); it is stopped once all are in line.
-    busy = heavy.submit("busy", steps=150, width=128, height=128, api_name="/generate_image")
+    # (From a session of its own: gradio_client's cancel stops every job of its session's endpoint.)
+    busy = login(room, "heavy").submit("busy", steps=150, width=128, height=128, api_name="/generate_image")
     wait_for(lambda: heavy.predict(api_name="/system_queue")["running"] == 1, what="the busy run")
     flood = [heavy.submit(f"flood {i}", steps=20, api_name="/generate_image") for i in range(FLOOD)]
     wait_for(lambda: heavy.predict(api_name="/system_queue")["waiting"] == FLOOD, what="the flood to queue")
