@@ -27,8 +27,10 @@ the very top of app.py, before anything imports torch or llama_cpp. A user who s
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
+from typing import Any
 
 #: Settings of how OpenMP threads wait (the standard's, libgomp's, LLVM's and Intel's): a user who set any
 #: of them has chosen, and the policy stays out of the way.
@@ -51,14 +53,32 @@ M_ARENA_MAX = -8
 MALLOC_ARENAS = 2
 
 
+@functools.cache
+def glibc() -> Any:
+    """The C library when it is glibc (whose allocator these tune); None elsewhere (musl, macOS, Windows)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
 def limit_malloc_arenas() -> None:
     """Cap glibc's malloc arenas (unless the user set `MALLOC_ARENA_MAX`); elsewhere, nothing."""
-    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, MALLOC_ARENAS)
-    except (OSError, AttributeError):  # not glibc (musl has no arenas to cap)
-        pass
+    if "MALLOC_ARENA_MAX" not in os.environ and glibc() is not None:
+        glibc().mallopt(M_ARENA_MAX, MALLOC_ARENAS)
+
+
+def return_freed_memory() -> None:
+    """Hand the memory that finished requests freed back to the system (glibc's `malloc_trim`).
+
+    glibc keeps freed heap pages for reuse, so a batch's activations, once freed, still count as the
+    server's resident memory until something else happens to reuse them; a few milliseconds after each
+    device turn keep that from piling up over a workshop. Elsewhere, nothing."""
+    if glibc() is not None:
+        glibc().malloc_trim(0)
 
 
 def compute_threads() -> int:

@@ -194,6 +194,11 @@ class FairQueue:
     def _waiting_count(self) -> int:
         return sum(len(line.tickets) for line in self._lines.values())
 
+    def granted_with(self, ticket: Ticket) -> int:
+        """How many requests were let onto the device in `ticket`'s turn, itself included (a batch's size)."""
+        with self._changed:
+            return sum(other.group == ticket.group for other in self._running) or 1
+
     @staticmethod
     def _next_client(lines: Mapping[str, _Line]) -> str | None:
         """The client with a waiting ticket that was served least recently (ties: the oldest ticket)."""

@@ -18,6 +18,8 @@ from annotated_types import Ge, Gt, Le, Lt
 
 from modules.memory import MemoryManagerError
 from modules.serving import OverQuota, QueueFull, Serving
+from modules.threads_policy import return_freed_memory
+from modules.wrappers.batching import let_in_together
 from modules.serving.zerogpu import gpu_seconds, on_gpu
 from modules.wrappers.base import InvalidInput, ModelUnavailable, OnStep, Settings, Step, Wrapper
 
@@ -393,11 +395,14 @@ def on_device(
                 serving.queue.leave(ticket)
                 yield from fn(*call.args, **call.kwargs)
                 return
+            # Read where the wrapper gathers a batch (in this call, before the handler's first update).
+            let_in_together.set(serving.queue.granted_with(ticket))
             yield from run_on_gpu(*call.args, **call.kwargs)
         except OverQuota as refusal:  # went over quota while it waited
             yield from refuse(refusal)
         finally:
             serving.queue.leave(ticket)
+            return_freed_memory()
 
     def refuse(refusal: Exception) -> Iterator[Any]:
         if not page:

@@ -5,14 +5,20 @@ settings). Each still runs its own handler in its own thread, through its own le
 progress; when they reach the model, `Gather` collects them: the first to arrive waits for the others
 that are in flight with the same key, runs the batch once, and hands every caller its own row. A request
 that is alone runs at once, without waiting.
+
+The others may not be in flight yet when the first arrives: they were let onto the device at the same
+moment, but their threads can start later. The serving layer says how many were let in together
+(`let_in_together`), and the first then also waits, up to `GRACE_SECONDS`, for that many to arrive.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -23,6 +29,11 @@ R = TypeVar("R")
 MAX_BATCH = 8
 #: Longest the first arrival waits for the others (they may be waiting for the model to load).
 PATIENCE_SECONDS = 30.0
+#: Longest the first arrival waits for companions that have not announced themselves yet (one that
+#: failed its checks never will).
+GRACE_SECONDS = 1.0
+#: How many requests the device's queue let in together with this call, itself included.
+let_in_together: ContextVar[int] = ContextVar("let_in_together", default=1)
 
 
 class Share(Protocol):
@@ -103,8 +114,19 @@ class Gather(Generic[I, R]):
             batch.items.append(item)
         self._arrived(key)
         if leader:
+            expected = min(let_in_together.get(), self._limit)
+            grace_ends = time.monotonic() + GRACE_SECONDS
+
+            def ready() -> bool:
+                if len(batch.items) >= self._limit:
+                    return True
+                awaited = len(batch.items) < expected and time.monotonic() < grace_ends
+                return not self._flying.get(key) and not awaited
+
             with self._changed:
-                self._changed.wait_for(lambda: not self._flying.get(key) or len(batch.items) >= self._limit, self._patience)
+                deadline = time.monotonic() + self._patience
+                while not ready() and time.monotonic() < deadline:
+                    self._changed.wait(0.05)  # wakes on arrivals; the timeout ends the grace
                 if self._open.get(key) is batch:
                     del self._open[key]
             try:
