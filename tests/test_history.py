@@ -19,6 +19,7 @@ from modules.tabs.chat import restored_conversation
 from modules.tabs.common import example_file
 from modules.tabs.history import Made, entries_of, existing_file, recorder, served_roots
 from tests.conftest import AppServer
+from tests.test_page import open_tab
 
 SLOW = 120_000  # ms: a tiny model on two shared cores; generous, never a speed target
 #: tab -> (its first example, its folder under --outputs, the suffix of the file compared, its random-seed
@@ -28,10 +29,6 @@ RERUNS = {
     "music": (music.EXAMPLES[0][0], "music", ".wav", "New random seed each time", {"number input for Duration (s)": "1"}),
 }
 DONE = {"image": "Done in", "music": "Done:"}
-
-
-def open_tab(page: object, tab_id: str) -> None:
-    page.locator(f'[role="tab"][data-tab-id="{tab_id}"]').click()
 
 
 def open_on(open_page: object, server: AppServer, tab_id: str) -> object:
